@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except AppError as err:
-        log.error("%s", err)
+        print(f"bids-connectome: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted")
+        print("bids-connectome: interrupted", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -180,8 +180,19 @@ def _run(args: argparse.Namespace) -> int:
     work_dir, temporary = _work_dir(args.work_dir)
     try:
         layout = discover.open_layout(bids_dir, work_dir)
+        aroma = config.denoise.strategy == "ica_aroma" and config.denoise.ica_aroma in (
+            None,
+            "full",
+        )
         runs = discover.discover_runs(
-            layout, config.space, config.res, participants, sessions, tasks, filters
+            layout,
+            config.space,
+            config.res,
+            participants,
+            sessions,
+            tasks,
+            filters,
+            desc="smoothAROMAnonaggr" if aroma else "preproc",
         )
         log.info("%d BOLD run(s) selected in space %s", len(runs), config.space)
         summary = run_participant(bids_dir, output_dir, config, runs, n_jobs=args.n_jobs)

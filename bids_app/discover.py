@@ -146,8 +146,12 @@ def discover_runs(
     sessions: list[str] | None = None,
     tasks: list[str] | None = None,
     filters: dict[str, dict[str, Any]] | None = None,
+    desc: str = "preproc",
 ) -> list[RunInputs]:
-    """All preprocessed BOLD runs in ``space`` matching the selection, sorted by path."""
+    """All preprocessed BOLD runs in ``space`` matching the selection, sorted by path.
+
+    ``desc`` is ``preproc``, or ``smoothAROMAnonaggr`` for ICA-AROMA "full" denoising.
+    """
     filters = filters or {}
     participants = strip_prefix(participants, "sub-")
     sessions = strip_prefix(sessions, "ses-")
@@ -216,6 +220,9 @@ def _run_inputs(layout, bold, filters: dict[str, dict[str, Any]]) -> RunInputs:
         mask_query.setdefault(key, _none())
     mask_query.update(_query_values(filters.get("mask", {})))
     masks = [m for m in layout.get(**mask_query) if "echo" not in m.get_entities()]
+    if not masks:  # fMRIPrep < 1.4 named it label-brain_mask
+        mask_query.update(desc=_none(), label="brain")
+        masks = [m for m in layout.get(**mask_query) if "echo" not in m.get_entities()]
     mask = Path(masks[0].path) if len(masks) == 1 else None
     if len(masks) > 1:
         raise InputDataError(f"{path}: several brain masks match: {[m.path for m in masks]}")
@@ -247,8 +254,13 @@ def _find_confounds(layout, run_scope: dict[str, Any], bold: Path, filters) -> A
         query.setdefault(key, _none())
     query.update(_query_values(filters.get("confounds", {})))
     found = []
-    for suffix in ("timeseries", "regressors"):  # fMRIPrep >= 20.2, then 1.x
-        found = layout.get(suffix=suffix, space=_none(), **query)
+    # fMRIPrep >= 20.2, then 1.x, then the earliest layout (no desc- entity).
+    for suffix, desc in (
+        ("timeseries", "confounds"),
+        ("regressors", "confounds"),
+        ("timeseries", _none()),
+    ):
+        found = layout.get(suffix=suffix, space=_none(), **dict(query, desc=desc))
         if found:
             break
     if not found:

@@ -51,6 +51,7 @@ class RunResult:
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # atlas -> cleaned (kept volumes)
     n_kept: int = 0
     excluded: str | None = None
+    failed: str | None = None  # every volume censored: recorded, reported as a failure
 
 
 @dataclass
@@ -167,7 +168,10 @@ def run_participant(
         for path, text in outcome.files.items():
             write_text(path, text)
         results.append(outcome)
-        if outcome.excluded:
+        if outcome.failed:
+            log.error("%s: %s", outcome.run.label, outcome.failed)
+            summary.failures.append((outcome.run.label, outcome.failed, EXIT_FAILURE))
+        elif outcome.excluded:
             summary.n_excluded += 1
         else:
             summary.n_done += 1
@@ -246,6 +250,10 @@ def process_run(
         qc.update(Excluded=True, ExclusionReason=reason)
         result.files[qc_path] = to_json_text(qc)
         result.excluded = reason
+        if len(kept) == 0:
+            result.failed = (
+                f"every volume is censored ({run.confounds.name}); no output for this run"
+            )
         return result
 
     mask = _mask_array(run, shape[:3], affine)
