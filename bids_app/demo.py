@@ -76,6 +76,26 @@ def parcellation(mask: np.ndarray, parcel_mm: float) -> tuple[np.ndarray, pd.Dat
     return labels, pd.DataFrame(rows)
 
 
+def _blob(centre_mm: np.ndarray, sigma_mm: float) -> np.ndarray:
+    ijk = np.indices(GRID_SHAPE, dtype=np.float32)
+    xyz = [ijk[a] * 2.0 + GRID_AFFINE[a, 3] for a in range(3)]
+    d2 = sum((xyz[a] - centre_mm[a]) ** 2 for a in range(3))
+    return np.exp(-d2 / (2 * sigma_mm**2)).astype(np.float32)
+
+
+def blob_images(
+    mask: np.ndarray, centroids_mm: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eight Gaussian probability maps around parcel centroids, and a t-like map with
+    two positive and one negative blob (for the ``maps`` and ``regions`` atlas kinds)."""
+    picks = centroids_mm[:: max(len(centroids_mm) // 8, 1)][:8]
+    maps = np.stack([_blob(c, 8.0) * mask for c in picks], axis=-1)
+    maps[maps < 0.05] = 0
+    tmap = 6 * _blob(picks[0], 7.0) + 5 * _blob(picks[3], 6.0) - 5 * _blob(picks[6], 6.0)
+    tmap = (tmap + 0.3 * rng.standard_normal(GRID_SHAPE).astype(np.float32)) * mask
+    return maps.astype(np.float32), tmap.astype(np.float32)
+
+
 def _smooth_noise(rng: np.random.Generator, n: int, k: int, rho: float = 0.7) -> np.ndarray:
     """AR(1) series with unit variance, shape (n, k)."""
     out = np.empty((n, k))
@@ -179,6 +199,9 @@ def build_demo(dest: Path | str, spec: DemoSpec | None = None) -> Path:
         | {ax: np.round(world[::3, j], 1) for j, ax in enumerate("xyz")}
     )
     write_tsv(atlas_dir / "demo_seeds.tsv", seeds[["x", "y", "z", "name"]])
+    maps, tmap = blob_images(mask, world, rng)
+    write_nifti(atlas_dir / "demo_maps.nii.gz", nib.Nifti1Image(maps, GRID_AFFINE))
+    write_nifti(atlas_dir / "demo_tmap.nii.gz", nib.Nifti1Image(tmap, GRID_AFFINE))
 
     root = dest / "fmriprep"
     write_text(
@@ -237,6 +260,10 @@ denoise:
   high_pass: 0.01
 atlases:
   - {{name: DemoGrid, kind: labels, image: atlas/atlas-DemoGrid_dseg.nii.gz, labels: atlas/atlas-DemoGrid_dseg.tsv}}
+  - {{name: DemoMaps, kind: maps, image: atlas/demo_maps.nii.gz}}
+  - {{name: DemoSeeds, kind: spheres, coordinates: atlas/demo_seeds.tsv, radius: 6}}
+  - {{name: DemoTmap, kind: regions, image: atlas/demo_tmap.nii.gz, threshold: 3.0,
+     extract_type: connected_components, min_region_size: 500}}
 connectivity:
   measures: [correlation, partialcorrelation]
   estimator: ledoit_wolf
