@@ -104,3 +104,14 @@ def group_path(
 ) -> Path:
     ents = {k: v for k, v in entities.items() if k not in ("sub", "ses", "run")}
     return output_dir / "group" / build_name(ents, suffix, extension)
+
+
+def measure_label(measure: str, estimator: str, several_estimators: bool) -> str:
+    """``meas-`` label; the estimator is appended when the config asks for several.
+
+    >>> measure_label("partialcorrelation", "graphical_lasso", True)
+    'partialcorrelationGraphicalLasso'
+    """
+    if not several_estimators:
+        return measure
+    return measure + "".join(part.capitalize() for part in estimator.split("_"))

@@ -29,17 +29,6 @@ from .write import to_json_text, tsv_text, write_json, write_nifti, write_text
 
 log = logging.getLogger(__name__)
 CODE_URL = "https://github.com/bids-connectome/bids-connectome"
-MEASURE_DESCRIPTIONS = {
-    "correlation": "Pearson correlation of the cleaned region signals",
-    "partialcorrelation": "Partial correlation (from the inverse covariance)",
-    "covariance": "Covariance",
-    "precision": "Precision (inverse covariance)",
-}
-ESTIMATOR_NAMES = {
-    "ledoit_wolf": "LedoitWolf (scikit-learn)",
-    "empirical": "EmpiricalCovariance (scikit-learn)",
-    "graphical_lasso": "GraphicalLassoCV (scikit-learn)",
-}
 
 
 @dataclass
@@ -66,13 +55,6 @@ class Summary:
             return EXIT_OK
         codes = {code for _, _, code in self.failures}
         return EXIT_DATA if codes == {EXIT_DATA} else EXIT_FAILURE
-
-
-def measure_label(measure: str, estimator: str, several_estimators: bool) -> str:
-    """``meas-`` label; the estimator is appended when the config asks for several."""
-    if not several_estimators:
-        return measure
-    return measure + "".join(part.capitalize() for part in estimator.split("_"))
 
 
 def dataset_description(config: Config, bids_dir: Path) -> dict[str, Any]:
@@ -359,7 +341,7 @@ def relmat_files(
         if measure == "tangent":  # needs all participants: group level
             continue
         for estimator in estimators:
-            label = measure_label(measure, estimator, len(estimators) > 1)
+            label = naming.measure_label(measure, estimator, len(estimators) > 1)
             matrix = connect.connectivity_matrix(ts, measure, estimator)
             path = naming.participant_path(
                 output_dir,
@@ -374,8 +356,8 @@ def relmat_files(
             files[path.with_suffix(".json")] = to_json_text(
                 {
                     "RelationshipMeasure": measure,
-                    "MeasureDescription": MEASURE_DESCRIPTIONS[measure],
-                    "CovarianceEstimator": ESTIMATOR_NAMES[estimator],
+                    "MeasureDescription": connect.MEASURE_DESCRIPTIONS[measure],
+                    "CovarianceEstimator": connect.ESTIMATOR_NAMES[estimator],
                     "Directed": False,
                     "Weighted": True,
                     "ValidDiagonal": measure in ("covariance", "precision"),
@@ -438,4 +420,4 @@ def aggregate(
     return files
 
 
-__all__ = ["run_participant", "process_run", "measure_label", "Summary", "RunExcluded"]
+__all__ = ["run_participant", "process_run", "Summary", "RunExcluded"]
