@@ -117,14 +117,32 @@ def _resolve_config_arg(value: str | None) -> Path | None:
     return Path(value)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the *current* ``sys.stderr`` (which may be replaced after start-up)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(level: int) -> None:
+    handler = _StderrHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    )
+    for old in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    _setup_logging(logging.WARNING - 10 * min(args.verbose + 1, 2))
     if args.analysis_level not in LEVELS:
         print(
             f"bids-connectome: error: unknown analysis level {args.analysis_level!r}; "
@@ -221,7 +239,7 @@ def _work_dir(requested: Path | None) -> tuple[Path, bool]:
         return Path(tempfile.mkdtemp(prefix="bids-connectome-")), True
     except OSError as err:
         raise UsageError(
-            f"cannot create a temporary work folder in {tempfile.gettempdir()} ({err}); "
+            f"cannot create a temporary work folder in {os.environ.get('TMPDIR') or '/tmp'} ({err}); "
             "pass --work-dir on a writable disk"
         ) from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,8 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$", min_length=1)]
 Model = Literal["basic", "power2", "derivatives", "full"]
@@ -272,4 +275,14 @@ def load_config(path: Path | str | None = None, space: str | None = None) -> Con
                 f"invalid configuration {path}: atlases.{atlas.name}.coordinates: not a file and "
                 f"not a built-in set ({', '.join(BUILTIN_COORDINATES)}): {coords}"
             )
+    from .confounds import unused_overrides
+
+    unused = unused_overrides(config.denoise)
+    if unused:  # nilearn's load_confounds_strategy ignores them too, with a warning
+        log.warning(
+            "%s: denoise.%s ignored: not used by strategy %r",
+            path,
+            ", denoise.".join(unused),
+            config.denoise.strategy,
+        )
     return config

@@ -109,6 +109,7 @@ def open_layout(bids_dir: Path, work_dir: Path):
     try:
         return BIDSLayout(
             str(bids_dir),
+            validate=False,  # derivatives without GeneratedBy (hand-made, old) are fine here
             config=["bids", "derivatives"],
             database_path=str(db),
             reset_database=True,
@@ -254,11 +255,13 @@ def _find_confounds(layout, run_scope: dict[str, Any], bold: Path, filters) -> A
         query.setdefault(key, _none())
     query.update(_query_values(filters.get("confounds", {})))
     found = []
-    # fMRIPrep >= 20.2, then 1.x, then the earliest layout (no desc- entity).
+    # fMRIPrep >= 20.2, then 1.2-20.1, then the earliest layouts (no desc- entity;
+    # 1.0-1.1 wrote ``*_bold_confounds.tsv``).
     for suffix, desc in (
         ("timeseries", "confounds"),
         ("regressors", "confounds"),
         ("timeseries", _none()),
+        ("confounds", _none()),
     ):
         found = layout.get(suffix=suffix, space=_none(), **dict(query, desc=desc))
         if found:

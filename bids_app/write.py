@@ -78,6 +78,14 @@ def _jsonable(obj: Any) -> Any:
 
 def tsv_text(frame: pd.DataFrame, float_format: str = "%.10g") -> str:
     """Tab-separated, header row, no index column, missing values as ``n/a``."""
+    names = [str(c) for c in frame.columns]
+    plain = not any(ch in n for n in names for ch in '\t\n\r"')
+    if plain and len(names) and all(dt.kind == "f" for dt in frame.dtypes):
+        # All-float tables (time series, matrices): same text as pandas, several times faster.
+        lines = ["\t".join(names)]
+        for row in frame.to_numpy(dtype=np.float64).tolist():
+            lines.append("\t".join([NA if v != v else float_format % v for v in row]))
+        return "\n".join(lines) + "\n"
     buf = io.StringIO()
     frame.to_csv(
         buf, sep="\t", index=False, na_rep=NA, float_format=float_format, lineterminator="\n"

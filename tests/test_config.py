@@ -149,3 +149,16 @@ def test_digest_is_stable_and_sensitive():
     c = parse_config({"atlases": [LABELS], "denoise": {"high_pass": 0.01}}, Path("/x"))
     assert isinstance(a, Config)
     assert a.digest() == b.digest() != c.digest()
+
+
+
+def test_override_the_strategy_does_not_use_is_ignored_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "denoise: {strategy: simple, scrub: 3}\n"
+        "atlases: [{name: P, kind: spheres, coordinates: power2011}]\n"
+    )
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path)
+    assert cfg.denoise.scrub == 3
+    assert "denoise.scrub ignored: not used by strategy 'simple'" in caplog.text

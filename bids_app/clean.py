@@ -1,0 +1,296 @@
+"""Signal cleaning of region time series: nilearn 0.14.1 ``signal.clean`` semantics, vectorised.
+
+Order of operations (as nilearn, for one run):
+
+1. ``filter="cosine"``: DCT-II drift regressors on the full (uncensored) length,
+   appended after the confounds unless a confound already correlates > 0.9 with one.
+2. Censoring. With a Butterworth cutoff, censored volumes inside the kept range are
+   replaced by a cubic spline through the kept volumes and volumes before the
+   first / after the last kept one are dropped; the filter then runs on that
+   series and the censored volumes are removed after filtering. Otherwise the
+   censored rows are simply removed here.
+3. Linear detrend of signals and confounds (optional).
+4. Butterworth filter (order 5, zero phase, second-order sections) of signals
+   and confounds; censoring if it was deferred.
+5. Confound projection: confounds z-scored (or max-abs scaled), pivoted QR,
+   ``signals -= Q Q^T signals``.
+6. Standardisation: ``zscore_sample`` (ddof 1) or ``psc``.
+
+Unlike nilearn 0.14.1, step 2 interpolates exactly the censored volumes
+(docs/differences-from-nilearn.md). Columns with any non-finite value (empty
+regions) come out all-NaN and do not influence the other columns.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy import linalg
+from scipy import signal as sp_signal
+from scipy.interpolate import CubicSpline
+
+EPS64 = np.finfo(np.float64).eps
+EPS32 = np.finfo(np.float32).eps
+ORDER = 5
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=0)
+    std = x.std(axis=0, ddof=1)
+    std[std < EPS64] = 1.0
+    return x / std
+
+
+def linear_detrend(x: np.ndarray) -> np.ndarray:
+    """Remove each column's mean and least-squares linear trend (a copy)."""
+    x = x - x.mean(axis=0)
+    n = x.shape[0]
+    ramp = np.arange(n, dtype=x.dtype)
+    ramp -= ramp.mean()
+    norm = np.sqrt((ramp**2).sum())
+    if not norm < EPS64:
+        ramp /= norm
+    return x - np.outer(ramp, ramp @ x)
+
+
+def cosine_drifts(n: int, high_pass: float, t_r: float) -> np.ndarray:
+    """DCT-II drift regressors (without the constant) with frequencies up to ``high_pass``."""
+    order = min(n - 1, int(np.floor(2 * n * high_pass * t_r)))
+    k = np.arange(n)[:, None] + 0.5
+    j = np.arange(1, order + 1)[None, :]
+    return np.sqrt(2.0 / n) * np.cos(np.pi / n * k * j)
+
+
+def _cutoffs(
+    low_pass: float | None, high_pass: float | None, t_r: float
+) -> tuple[float | list[float], str] | None:
+    fs = 1.0 / t_r
+    nyq = fs / 2
+
+    def clip(freq: float) -> float:
+        if freq >= nyq:
+            return nyq - nyq * 10 * EPS32
+        if freq < 0:
+            return nyq * EPS32
+        return freq
+
+    if high_pass is not None and low_pass is not None:
+        band = [clip(high_pass), clip(low_pass)]
+        if band[0] == band[1]:
+            return None
+        return band, "band"
+    if high_pass is not None:
+        return clip(high_pass), "high"
+    if low_pass is not None:
+        return clip(low_pass), "low"
+    return None
+
+
+def _butterworth_sos(low_pass: float | None, high_pass: float | None, t_r: float):
+    cut = _cutoffs(low_pass, high_pass, t_r)
+    if cut is None:
+        return None
+    wn, btype = cut
+    return sp_signal.butter(N=ORDER, Wn=wn, btype=btype, output="sos", fs=1.0 / t_r)
+
+
+def butterworth_padlen(low_pass: float | None, high_pass: float | None, t_r: float = 2.0) -> int:
+    """Length a series must exceed for the zero-phase filter (``sosfiltfilt`` default padding)."""
+    sos = _butterworth_sos(low_pass, high_pass, t_r)
+    if sos is None:
+        return 0
+    zeros = min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    return 3 * (2 * len(sos) + 1 - zeros)
+
+
+def butterworth(
+    x: np.ndarray, t_r: float, low_pass: float | None, high_pass: float | None
+) -> np.ndarray:
+    """Zero-phase order-5 Butterworth filter of every column (odd padding)."""
+    sos = _butterworth_sos(low_pass, high_pass, t_r)
+    if sos is None or x.shape[1] == 0:
+        return x
+    padlen = butterworth_padlen(low_pass, high_pass, t_r)
+    if x.shape[0] <= padlen:
+        raise ValueError(
+            f"{x.shape[0]} volumes are too few for the Butterworth filter (needs more than {padlen})"
+        )
+    return sp_signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
+
+
+def _interpolate(x: np.ndarray, kept: np.ndarray, t_r: float) -> np.ndarray:
+    """Series from the first to the last kept volume, censored volumes from a cubic spline."""
+    first, last = int(kept[0]), int(kept[-1])
+    out = x[first : last + 1].copy()
+    censored = np.setdiff1d(np.arange(first, last + 1), kept)
+    if censored.size and x.shape[1]:
+        times = np.arange(x.shape[0]) * t_r
+        spline = CubicSpline(times[kept], x[kept], axis=0)
+        out[censored - first] = spline(times[censored])
+    return out
+
+
+def _check_mask(sample_mask: np.ndarray | None, n: int) -> np.ndarray | None:
+    if sample_mask is None:
+        return None
+    mask = np.asarray(sample_mask)
+    if mask.dtype == bool:
+        if mask.shape != (n,):
+            raise ValueError(f"boolean sample_mask has shape {mask.shape}, expected ({n},)")
+        mask = np.flatnonzero(mask)
+    if mask.ndim != 1 or (mask.size and not np.issubdtype(mask.dtype, np.integer)):
+        raise ValueError("sample_mask must be a 1-D array of volume indices or booleans")
+    mask = np.unique(mask.astype(np.int64))
+    if mask.size == 0:
+        raise ValueError("every volume is censored (empty sample_mask)")
+    if mask[0] < 0 or mask[-1] >= n:
+        raise ValueError(f"sample_mask indices must be in [0, {n}); got {mask[0]}..{mask[-1]}")
+    return None if mask.size == n else mask
+
+
+def clean(
+    signals: np.ndarray,
+    *,
+    t_r: float | None,
+    confounds: np.ndarray | None = None,
+    sample_mask: np.ndarray | None = None,
+    detrend: bool = True,
+    standardize: Literal["zscore_sample", "psc"] | None = "zscore_sample",
+    standardize_confounds: bool = True,
+    filter: Literal["butterworth", "cosine"] = "butterworth",
+    low_pass: float | None = None,
+    high_pass: float | None = None,
+) -> np.ndarray:
+    """Denoise region signals (nilearn ``signal.clean`` 0.14.1 numbers, correct censoring).
+
+    Parameters
+    ----------
+    signals
+        (n_volumes, n_regions). Columns with a non-finite value are returned all-NaN.
+    t_r
+        Repetition time in seconds (needed for filtering and interpolation).
+    confounds
+        (n_volumes, n_confounds) over all volumes, censored ones included.
+    sample_mask
+        Indices (or a boolean vector) of the kept volumes; None keeps all.
+    detrend, standardize, standardize_confounds, filter, low_pass, high_pass
+        As ``nilearn.signal.clean``. ``filter="cosine"`` needs ``high_pass`` and no ``low_pass``.
+
+    Returns
+    -------
+    (n_kept, n_regions) float64 array.
+    """
+    x = np.array(signals, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"signals must be 2-D (volumes, regions); got shape {x.shape}")
+    n = x.shape[0]
+    if standardize not in ("zscore_sample", "psc", None):
+        raise ValueError(f"standardize must be 'zscore_sample', 'psc' or None; got {standardize!r}")
+    if filter not in ("butterworth", "cosine"):
+        raise ValueError(f"filter must be 'butterworth' or 'cosine'; got {filter!r}")
+    if filter == "cosine":
+        if high_pass is None or t_r is None:
+            raise ValueError("filter 'cosine' needs t_r and high_pass")
+        if low_pass is not None:
+            raise ValueError("filter 'cosine' is a high-pass only: low_pass must be None")
+        filter_type = "cosine"
+    elif low_pass is not None or high_pass is not None:
+        if t_r is None:
+            raise ValueError("Butterworth filtering needs t_r")
+        if low_pass is not None and high_pass is not None and high_pass >= low_pass:
+            raise ValueError(f"high_pass ({high_pass}) must be lower than low_pass ({low_pass})")
+        filter_type = "butterworth"
+    else:
+        filter_type = None
+
+    conf = None
+    if confounds is not None:
+        conf = np.array(confounds, dtype=np.float64)
+        if conf.ndim == 1:
+            conf = conf[:, None]
+        if conf.ndim != 2 or conf.shape[0] != n:
+            raise ValueError(
+                f"confounds have shape {conf.shape}; expected ({n}, n_confounds) like the signals"
+            )
+        if not np.isfinite(conf).all():
+            raise ValueError("confounds contain NaN or infinite values")
+        if conf.shape[1] == 0:
+            conf = None
+    kept = _check_mask(sample_mask, n)
+    if kept is not None and filter_type == "butterworth" and t_r is None:
+        raise ValueError("interpolating censored volumes needs t_r")
+
+    valid = np.isfinite(x).all(axis=0)
+    n_out = n if kept is None else kept.size
+    out = np.full((n_out, x.shape[1]), np.nan)
+    x = x[:, valid]
+
+    if filter_type == "cosine":
+        drifts = cosine_drifts(n, high_pass, t_r)
+        if drifts.shape[1] and conf is None:
+            conf = drifts
+        elif drifts.shape[1]:
+            nd = drifts.shape[1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.corrcoef(drifts.T, conf.T)[:nd]
+            corr[np.arange(nd), np.arange(nd)] = 0
+            if not (corr > 0.9).any():  # fMRIPrep's cosines already in the confounds
+                conf = np.hstack([conf, drifts])
+
+    deferred = None
+    if kept is not None:
+        if filter_type == "butterworth":
+            x = _interpolate(x, kept, t_r)
+            if conf is not None:
+                conf = _interpolate(conf, kept, t_r)
+            deferred = kept - kept[0]
+        else:
+            x = x[kept]
+            if conf is not None:
+                conf = conf[kept]
+
+    original_mean = x.mean(axis=0)
+    if detrend and x.shape[0] > 1:
+        x = linear_detrend(x)
+        if conf is not None:
+            conf = linear_detrend(conf)
+    if filter_type == "butterworth":
+        x = butterworth(x, t_r, low_pass, high_pass)
+        if conf is not None:
+            conf = butterworth(conf, t_r, low_pass, high_pass)
+    if deferred is not None:
+        x = x[deferred]
+        if conf is not None:
+            conf = conf[deferred]
+
+    if conf is not None:
+        if standardize_confounds:
+            if conf.shape[0] > 1:
+                conf = _zscore(conf)
+        else:
+            scale = np.abs(conf).max(axis=0)
+            scale[scale == 0] = 1
+            conf = conf / scale
+        q, r, _ = linalg.qr(conf, mode="economic", pivoting=True)
+        q = q[:, np.abs(np.diag(r)) > EPS64 * 100.0]
+        x = x - q @ (q.T @ x)
+
+    if standardize is not None and x.shape[0] > 1 and x.shape[1]:
+        if standardize == "zscore_sample":
+            x = _zscore(x)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.abs(x.mean(axis=0)).mean() / np.abs(original_mean).mean()
+            if ratio < 0.1:  # the mean was removed (detrend / high-pass): add it back
+                x = x + original_mean
+            mean = x.mean(axis=0)
+            small = np.abs(mean) < EPS64
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x = (x - mean) / np.abs(mean) * 100
+            x[:, small] = 0
+    out[:, valid] = x
+    return out
+
+
+__all__ = ["clean", "linear_detrend", "butterworth", "butterworth_padlen", "cosine_drifts"]
