@@ -543,7 +543,21 @@ def _write_tangent(
     stacks = []
     for estimator in estimators:
         label = naming.measure_label("tangent", estimator, len(estimators) > 1)
-        result = connect.tangent_space(series, estimator)
+        try:
+            result = connect.tangent_space(series, estimator)
+        except ValueError as err:
+            # e.g. the empirical covariance of fewer volumes than regions is singular
+            log.warning(
+                "%s: tangent space with estimator %s skipped: %s (%d regions, %d-%d volumes "
+                "per participant; ledoit_wolf always gives positive definite covariances)",
+                naming.build_name({**key, "meas": label}, "relmat", ""),
+                estimator,
+                err,
+                len(regions),
+                min(volumes),
+                max(volumes),
+            )
+            continue
         gk = {**key, "meas": label}
         gk = {k: gk[k] for k in naming.ENTITY_ORDER if k in gk}
         units = [
