@@ -95,7 +95,9 @@ def build(work: Path, n_volumes: int) -> dict:
     print(f"building the dataset in {work} (once) ...", flush=True)
     build_demo(work / "demo", DemoSpec(n_subjects=1, n_sessions=1, n_volumes=n_volumes, seed=7))
     func = work / "demo" / "fmriprep" / "sub-01" / "func"
-    roughen(next(func.glob("*_desc-preproc_bold.nii.gz")), next(func.glob("*_desc-brain_mask.nii.gz")))
+    roughen(
+        next(func.glob("*_desc-preproc_bold.nii.gz")), next(func.glob("*_desc-brain_mask.nii.gz"))
+    )
     maps_path = work / "ho64_2mm.nii.gz"
     if not maps_path.is_file():
         from bids_app.extract.atlas import resample
@@ -110,11 +112,19 @@ def build(work: Path, n_volumes: int) -> dict:
         "space": "MNI152NLin2009cAsym",
         "denoise": {"name": "simple", **DENOISE},
         "atlases": [
-            {"name": "Schaefer400", "kind": "labels", "image": str(SCHAEFER), "labels": str(SCHAEFER_TSV)},
+            {
+                "name": "Schaefer400",
+                "kind": "labels",
+                "image": str(SCHAEFER),
+                "labels": str(SCHAEFER_TSV),
+            },
             {"name": "HO64", "kind": "maps", "image": str(maps_path)},
             {"name": "Power264", "kind": "spheres", "coordinates": "power2011", "radius": 5},
         ],
-        "connectivity": {"measures": ["correlation", "partialcorrelation"], "estimator": "ledoit_wolf"},
+        "connectivity": {
+            "measures": ["correlation", "partialcorrelation"],
+            "estimator": "ledoit_wolf",
+        },
     }
     (work / "bench.yaml").write_text(yaml.safe_dump(config))
     func = work / "demo" / "fmriprep" / "sub-01" / "func"
@@ -204,7 +214,10 @@ def child_nilearn_cli(info: dict, out: Path) -> dict:
     for name, masker in _nilearn_maskers(info, **common).items():
         ts = masker.fit_transform(info["bold"], confounds=confounds, sample_mask=sample_mask)
         result[f"{name}_timeseries"] = ts
-        for kind, label in (("correlation", "correlation"), ("partial correlation", "partialcorrelation")):
+        for kind, label in (
+            ("correlation", "correlation"),
+            ("partial correlation", "partialcorrelation"),
+        ):
             result[f"{name}_{label}"] = ConnectivityMeasure(kind=kind).fit_transform([ts])[0]
     np.savez(out, **result)
     return {}
@@ -305,8 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     info_path = args.work / f"built-{args.volumes}.json"
     if not info_path.is_file():  # build in a child process: keeps this parent small
         subprocess.run(
-            [sys.executable, __file__, "--build", "--work", str(args.work), "--volumes",
-             str(args.volumes)],
+            [
+                sys.executable,
+                __file__,
+                "--build",
+                "--work",
+                str(args.work),
+                "--volumes",
+                str(args.volumes),
+            ],
             check=True,
         )
     info = json.loads(info_path.read_text())
@@ -336,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             print(f"{'':10s} {extra}")
     ratio = results["nilearn"]["wall_s"] / results["ours"]["wall_s"]
-    print(f"speed-up: {ratio:.1f}x   memory: {results['ours']['peak_rss_mib'] / 1024:.2f} GiB "
-          f"vs {results['nilearn']['peak_rss_mib'] / 1024:.2f} GiB")
+    print(
+        f"speed-up: {ratio:.1f}x   memory: {results['ours']['peak_rss_mib'] / 1024:.2f} GiB "
+        f"vs {results['nilearn']['peak_rss_mib'] / 1024:.2f} GiB"
+    )
     print("max abs difference of outputs:")
     for key, (value, rel) in diffs.items():
         print(f"  {key:32s} {value:.3g}   (relative to the largest value: {rel:.2g})")

@@ -376,9 +376,7 @@ def select_confounds(
 
     for component in components:
         if component == "motion":
-            columns += _require(
-                table, _with_suffixes(MOTION, params["motion"]), source, "motion"
-            )
+            columns += _require(table, _with_suffixes(MOTION, params["motion"]), source, "motion")
         elif component == "wm_csf":
             columns += _require(
                 table, _with_suffixes(("csf", "white_matter"), params["wm_csf"]), source, "wm_csf"
@@ -393,9 +391,7 @@ def select_confounds(
         elif component == "high_pass":
             columns += [c for c in table.columns if "cosine" in str(c)]
         elif component == "compcor":
-            columns += _compcor_columns(
-                table, meta, params["compcor"], params["n_compcor"], source
-            )
+            columns += _compcor_columns(table, meta, params["compcor"], params["n_compcor"], source)
         elif component == "ica_aroma":
             if params["ica_aroma"] == "basic":
                 aroma = [c for c in table.columns if "aroma" in str(c)]

@@ -110,8 +110,8 @@ def measure_label(measure: str, estimator: str, several_estimators: bool) -> str
     """``meas-`` label; the estimator is appended when the config asks for several.
 
     >>> measure_label("partialcorrelation", "graphical_lasso", True)
-    'partialcorrelationGraphicalLasso'
+    'partialcorrelationGraphicallasso'
     """
     if not several_estimators:
         return measure
-    return measure + "".join(part.capitalize() for part in estimator.split("_"))
+    return measure + estimator.replace("_", "").capitalize()

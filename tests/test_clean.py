@@ -288,17 +288,11 @@ def test_real_confounds_clean_parity(shared_data, tmp_path, key):
         for filt, standardize in itertools.product(FILTERS, ("zscore_sample", None)):
             f, low, high = FILTERS[filt]
             filtering = f == "butterworth" and (low or high)
-            if (
-                filtering
-                and ref_mask is not None
-                and not nilearn_bug_cannot_fire(ref_mask, n)
-            ):
+            if filtering and ref_mask is not None and not nilearn_bug_cannot_fire(ref_mask, n):
                 continue  # compared against the textbook reference in the test above
             if filtering and n <= butterworth_padlen(low, high):
                 continue
-            kwargs = dict(
-                t_r=T_R, filter=f, low_pass=low, high_pass=high, standardize=standardize
-            )
+            kwargs = dict(t_r=T_R, filter=f, low_pass=low, high_pass=high, standardize=standardize)
             ref = nilearn_clean(
                 signals, confounds=ref_conf.to_numpy(), sample_mask=ref_mask, **kwargs
             )

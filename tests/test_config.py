@@ -151,7 +151,6 @@ def test_digest_is_stable_and_sensitive():
     assert a.digest() == b.digest() != c.digest()
 
 
-
 def test_override_the_strategy_does_not_use_is_ignored_with_a_warning(tmp_path, caplog):
     path = tmp_path / "c.yaml"
     path.write_text(

@@ -74,7 +74,12 @@ def synthetic_table(n: int = 80, seed: int = 0, n_nss: int = 2) -> tuple[pd.Data
     cols["std_dvars"] = dvars
     cols["dvars"] = dvars * 20
     meta: dict = {}
-    for prefix, mask, count in (("a", "combined", 6), ("w", "WM", 4), ("c", "CSF", 3), ("t", None, 5)):
+    for prefix, mask, count in (
+        ("a", "combined", 6),
+        ("w", "WM", 4),
+        ("c", "CSF", 3),
+        ("t", None, 5),
+    ):
         for i in range(count):
             name = f"{prefix}_comp_cor_{i:02d}"
             cols[name] = rng.normal(0, 0.1, n)
@@ -176,9 +181,7 @@ def test_ica_aroma_basic_matches_load_confounds(tmp_path):
 
 def test_scrub_rule_by_hand():
     n = 40
-    table = pd.DataFrame(
-        {"framewise_displacement": np.full(n, 0.1), "std_dvars": np.full(n, 1.0)}
-    )
+    table = pd.DataFrame({"framewise_displacement": np.full(n, 0.1), "std_dvars": np.full(n, 1.0)})
     table.loc[[3, 10, 12, 30], "framewise_displacement"] = 0.6
     table.loc[37, "std_dvars"] = 1.6
     table.loc[20, "framewise_displacement"] = 0.5  # equal to the threshold: kept (strict >)
@@ -187,7 +190,11 @@ def test_scrub_rule_by_hand():
     den = DenoiseConfig(strategy="scrubbing", motion="basic", wm_csf=None)
     table = table.assign(
         **{c: 0.0 for c in ("trans_y", "trans_z", "rot_x", "rot_y", "rot_z")},
-        **{f"{b}{s}": 1.0 for b in ("csf", "white_matter") for s in ("", "_derivative1", "_power2", "_derivative1_power2")},
+        **{
+            f"{b}{s}": 1.0
+            for b in ("csf", "white_matter")
+            for s in ("", "_derivative1", "_power2", "_derivative1_power2")
+        },
     )
     sel = select_confounds(table, None, den, n, "conf.tsv")
     # head segment 0-2 (3 < 5), 11 (1 < 5) and tail 38-39 (2 < 5) are removed with the outliers;
@@ -269,9 +276,13 @@ def test_custom_columns_names_and_regex():
     assert list(both.confounds.columns).count("csf") == 1
     assert list(both.confounds.columns) == sorted(both.confounds.columns)
     with pytest.raises(InputDataError, match=r"c\.tsv: no confound column matches .*'respiration'"):
-        select_confounds(table, meta, DenoiseConfig(strategy="none", confounds=["respiration"]), 50, "c.tsv")
+        select_confounds(
+            table, meta, DenoiseConfig(strategy="none", confounds=["respiration"]), 50, "c.tsv"
+        )
     with pytest.raises(ConfigError, match="regular expression"):
-        select_confounds(table, meta, DenoiseConfig(strategy="none", confounds=["(csf"]), 50, "c.tsv")
+        select_confounds(
+            table, meta, DenoiseConfig(strategy="none", confounds=["(csf"]), 50, "c.tsv"
+        )
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -387,7 +398,9 @@ def test_row_count_mismatch():
 def test_missing_column_names_file_and_column(strategy, drop, column):
     table, meta = synthetic_table(n=30)
     table = table.drop(columns=[drop])
-    with pytest.raises(InputDataError, match=rf"conf\.tsv: missing confound column\(s\) .*{column}"):
+    with pytest.raises(
+        InputDataError, match=rf"conf\.tsv: missing confound column\(s\) .*{column}"
+    ):
         select_confounds(table, meta, DenoiseConfig(strategy=strategy), 30, "conf.tsv")
 
 
@@ -397,7 +410,11 @@ def test_compcor_without_sidecar():
         InputDataError, match=r"sub-01_desc-confounds_timeseries\.tsv: compcor .*JSON sidecar"
     ):
         select_confounds(
-            table, None, DenoiseConfig(strategy="compcor"), 30, "sub-01_desc-confounds_timeseries.tsv"
+            table,
+            None,
+            DenoiseConfig(strategy="compcor"),
+            30,
+            "sub-01_desc-confounds_timeseries.tsv",
         )
 
 
@@ -413,8 +430,13 @@ def test_nan_in_kept_volume_is_an_error():
 
 @pytest.mark.parametrize(
     "strategy,key,value",
-    [("simple", "scrub", 3), ("simple", "compcor", "temporal"), ("compcor", "wm_csf", "basic"),
-     ("ica_aroma", "motion", "full"), ("none", "fd_threshold", 0.3)],
+    [
+        ("simple", "scrub", 3),
+        ("simple", "compcor", "temporal"),
+        ("compcor", "wm_csf", "basic"),
+        ("ica_aroma", "motion", "full"),
+        ("none", "fd_threshold", 0.3),
+    ],
 )
 def test_override_not_used_by_preset_is_ignored_as_nilearn_does(strategy, key, value):
     den = DenoiseConfig(strategy=strategy, **{key: value})
@@ -519,8 +541,12 @@ def test_real_legacy_renamed_file_matches_modern(shared_data, tmp_path):
     inverse = {v: k for k, v in LEGACY_NAMES.items()}
     keep = [c for c in table.columns if c in inverse or c.startswith(("cosine", "non_steady"))]
     legacy = table[keep].rename(
-        columns=lambda c: inverse.get(c)
-        or c.replace("cosine", "Cosine").replace("non_steady_state_outlier", "NonSteadyStateOutlier")
+        columns=lambda c: (
+            inverse.get(c)
+            or c.replace("cosine", "Cosine").replace(
+                "non_steady_state_outlier", "NonSteadyStateOutlier"
+            )
+        )
     )
     legacy_tsv = tmp_path / "sub-01_task-rest_bold_confounds.tsv"
     legacy.to_csv(legacy_tsv, sep="\t", index=False, na_rep="n/a")

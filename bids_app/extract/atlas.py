@@ -22,7 +22,7 @@ from scipy import ndimage, sparse
 
 from ..errors import ConfigError, InputDataError
 from . import regions as _regions
-from .stream import VolumeReader
+from .stream import VolumeReader, load_image
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,7 @@ def read_coordinates(spec: str | Path) -> pd.DataFrame:
     if not np.isfinite(xyz).all():
         raise InputDataError(f"{path}: x, y, z must be finite numbers (mm)")
     idx_col = _column(frame, ("index", "roi", "number"))
-    index = (
-        frame[idx_col].astype(int).to_numpy() if idx_col else np.arange(1, len(frame) + 1)
-    )
+    index = frame[idx_col].astype(int).to_numpy() if idx_col else np.arange(1, len(frame) + 1)
     out = pd.DataFrame({"index": index, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]})
     name_col = _column(frame, ("name", "label", "region", "roi_name"))
     out["name"] = frame[name_col].to_numpy() if name_col else [str(i) for i in index]
@@ -204,15 +202,6 @@ def read_coordinates(spec: str | Path) -> pd.DataFrame:
 # --- images -----------------------------------------------------------------------------------
 
 
-def _load_img(path: Path | str, what: str) -> nib.spatialimages.SpatialImage:
-    try:
-        return nib.load(str(path))
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: {what} image not found") from None
-    except Exception as err:
-        raise InputDataError(f"{path}: not a readable {what} image: {err}") from None
-
-
 def _as_3d(data: np.ndarray, path: Path | str, what: str) -> np.ndarray:
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -223,7 +212,7 @@ def _as_3d(data: np.ndarray, path: Path | str, what: str) -> np.ndarray:
 
 def load_mask_image(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """A mask image as a boolean array (any non-zero, all volumes) and its affine."""
-    img = _load_img(path, "mask")
+    img = load_image(path, "mask")
     data = np.asanyarray(img.dataobj)
     data = np.where(np.isfinite(data), data, 0) if data.dtype.kind == "f" else data
     if data.ndim == 4:
@@ -277,7 +266,7 @@ def resample(
 
 
 def _labels_array(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    img = _load_img(path, "labels")
+    img = load_image(path, "labels")
     data = _as_3d(np.asanyarray(img.dataobj), path, "labels")
     if data.dtype.kind == "f":
         data = np.where(np.isfinite(data), data, 0)
@@ -460,7 +449,7 @@ def _load_maps(cfg) -> AtlasSource:
 
 
 def _load_regions(cfg) -> AtlasSource:
-    img = _load_img(cfg.image, "statistical map")
+    img = load_image(cfg.image, "statistical map")
     data = np.asanyarray(img.dataobj)
     if data.ndim == 3:
         data = data[..., None]

@@ -211,8 +211,12 @@ def _resample_map(
     sub = np.zeros(tuple(hi - lo + 1), dtype=vals.dtype)
     sub[tuple((ijk - lo).T)] = vals
     corners = np.array(
-        [[x, y, z] for x in (lo[0] - 1, hi[0] + 1) for y in (lo[1] - 1, hi[1] + 1)
-         for z in (lo[2] - 1, hi[2] + 1)],
+        [
+            [x, y, z]
+            for x in (lo[0] - 1, hi[0] + 1)
+            for y in (lo[1] - 1, hi[1] + 1)
+            for z in (lo[2] - 1, hi[2] + 1)
+        ],
         dtype=float,
     )
     out_ijk = np.linalg.solve(a_full, (corners - b).T).T

@@ -11,8 +11,10 @@ are kept, each as its own map with the original values.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import ndimage
 
 from .stream import smooth_volume, smoothing_sigmas
 
@@ -80,7 +82,10 @@ def threshold_maps(
 
 
 def peak_mask(
-    image: np.ndarray, min_distance: int = 10, threshold_rel: float = 0.1, threshold_abs: float = 0.0
+    image: np.ndarray,
+    min_distance: int = 10,
+    threshold_rel: float = 0.1,
+    threshold_abs: float = 0.0,
 ) -> np.ndarray:
     """Voxels that are the maximum of their ``(2 min_distance + 1)``-wide cube (zero padded)
     and exceed ``max(threshold_rel * max, threshold_abs)``."""
@@ -92,102 +97,31 @@ def peak_mask(
     return kept > cut
 
 
-def _grid_edges(shape: tuple[int, int, int]) -> np.ndarray:
-    """(2, n_edges) voxel index pairs of 6-neighbours: along axis 2, then 1, then 0."""
-    ids = np.arange(int(np.prod(shape))).reshape(shape)
-    pairs = [
-        (ids[:, :, :-1], ids[:, :, 1:]),
-        (ids[:, :-1, :], ids[:, 1:, :]),
-        (ids[:-1, :, :], ids[1:, :, :]),
-    ]
-    return np.hstack([np.vstack([a.ravel(), b.ravel()]) for a, b in pairs])
-
-
-def _edge_weights(data: np.ndarray, beta: float) -> np.ndarray:
-    """``exp(-beta * diff^2 / (10 std)) + 1e-10`` over the edges of :func:`_grid_edges`."""
-    diffs = [
-        np.abs(data[:, :, :-1] - data[:, :, 1:]),
-        np.abs(data[:, :-1, :] - data[:, 1:, :]),
-        np.abs(data[:-1, :, :] - data[1:, :, :]),
-    ]
-    grad2 = np.concatenate([d.ravel().astype(np.float64) for d in diffs]) ** 2
-    scale = beta / (10 * data.std())  # in the data's float type, as the reference does
-    return np.exp(-(grad2 * scale)) + 1e-10
-
-
-def random_walk(data: np.ndarray, labels: np.ndarray, beta: float = 130.0, tol: float = 1e-3):
-    """Grady's random walker: each free voxel (0) gets the seed label (>0) whose walkers
-    reach it first; -1 voxels are inactive. ``labels`` must have no isolated part
-    (see :func:`_grow_seeds`). Conjugate gradients without preconditioner, relative
-    tolerance ``tol``."""
-    from scipy.sparse.linalg import cg
-
-    active = labels >= 0
-    flat_labels = labels[active]  # active voxels in C order
-    edges = _grid_edges(labels.shape)
-    weights = _edge_weights(data, beta)
-    flat_active = active.ravel()
-    both = flat_active[edges[0]] & flat_active[edges[1]]
-    edges, weights = edges[:, both], weights[both]
-    node = np.cumsum(flat_active) - 1  # voxel -> active node number
-    edges = node[edges]
-    n = int(flat_active.sum())
-    rows = np.hstack([edges[0], edges[1]])
-    cols = np.hstack([edges[1], edges[0]])
-    off = np.hstack([-weights, -weights])
-    adjacency = sparse.coo_matrix((off, (rows, cols)), shape=(n, n))
-    degree = -np.ravel(adjacency.sum(axis=1))
-    diag = np.arange(n)
-    lap = sparse.coo_matrix(
-        (np.hstack([off, degree]), (np.hstack([rows, diag]), np.hstack([cols, diag]))),
-        shape=(n, n),
-    ).tocsr()
-    free = np.flatnonzero(flat_labels == 0)
-    seeded = np.flatnonzero(flat_labels > 0)
-    lap_free_rows = lap[free]
-    coupling = lap_free_rows[:, seeded]
-    system = lap_free_rows[:, free].tocsc()
-    scores = []
-    for lab in range(1, int(flat_labels.max()) + 1):
-        indicator = sparse.csr_matrix(flat_labels[seeded] == lab).transpose()
-        rhs = -(coupling * indicator).todense()
-        scores.append(cg(system, rhs, rtol=tol, atol=0)[0])
-    best = np.argmax(np.array(scores), axis=0) + 1
-    out = flat_labels.copy()
-    out[free] = best.astype(out.dtype)
-    result = np.full(labels.shape, -1, dtype=labels.dtype)
-    result[active] = out
-    return result
-
-
 def _grow_seeds(data: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """Random-walker segmentation of ``data`` from ``seeds`` (-1 inactive, 0 free, >0 seed).
 
-    Free voxels that no seed can reach through active voxels, and seeds that
-    touch no free voxel, are made inactive (-1); if nothing is left to segment,
-    the seeds are returned unchanged.
+    scikit-image's ``random_walker`` (Grady 2006; beta 130, conjugate gradients to
+    1e-3, as nilearn). Free voxels that no seed can reach through active voxels
+    are made inactive first; if nothing is left to segment, the seeds are
+    returned unchanged.
     """
+    from skimage.segmentation import random_walker
+
     if (seeds != 0).all() or (seeds == 0).all():
         return seeds.copy()
-    labels = seeds.copy()
-    present = np.unique(labels[labels >= 0])
-    if np.any(np.diff(np.unique(labels)) != 1):  # consecutive label values
-        keep = labels >= 0
-        labels[keep] = np.searchsorted(present, labels[keep])
-    labels = labels.astype(np.int32)
+    labels = seeds.astype(np.int32)
     active = labels >= 0
     if (~active).any():
         reached = ndimage.binary_propagation(labels > 0, mask=active)
         labels[~reached & (labels == 0)] = -1
-        active = labels >= 0
-        touching = ndimage.binary_propagation(labels == 0, mask=active)
-        labels[(labels > 0) & ~touching] = -1
-    if (labels == -1).all():
-        return seeds.copy()
+    if not (labels == 0).any():
+        return labels
     data = np.asarray(data)
     if data.dtype.kind != "f":
         data = data.astype(np.float64)
-    return random_walk(data, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "isolated seeds/voxels": handled as nilearn does
+        return random_walker(data, labels, beta=130, mode="cg", tol=1e-3)
 
 
 def split_map(

@@ -15,8 +15,12 @@ import numpy as np
 
 def _box(seed: np.ndarray, reach: float, inv: np.ndarray, shape: tuple[int, ...]):
     corners = np.array(
-        [[seed[0] + sx * reach, seed[1] + sy * reach, seed[2] + sz * reach, 1.0]
-         for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+        [
+            [seed[0] + sx * reach, seed[1] + sy * reach, seed[2] + sz * reach, 1.0]
+            for sx in (-1, 1)
+            for sy in (-1, 1)
+            for sz in (-1, 1)
+        ]
     )
     ijk = corners @ inv.T
     lo = np.maximum(np.floor(ijk[:, :3].min(axis=0)).astype(int) - 1, 0)
@@ -68,7 +72,9 @@ def sphere_members(
         # the first voxel whose truncated world coordinates equal the truncated seed
         trunc = np.array([int(s) for s in seed])
         same = (
-            (wx.astype(int) == trunc[0]) & (wy.astype(int) == trunc[1]) & (wz.astype(int) == trunc[2])
+            (wx.astype(int) == trunc[0])
+            & (wy.astype(int) == trunc[1])
+            & (wz.astype(int) == trunc[2])
         ) & ok
         if same.any():
             inside[np.flatnonzero(same)[0]] = True

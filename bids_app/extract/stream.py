@@ -28,18 +28,19 @@ except ImportError:  # pragma: no cover - isal is a dependency
 FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 
 
-def _load(path: Path | str) -> nib.spatialimages.SpatialImage:
+def load_image(path: Path | str, what: str = "NIfTI") -> nib.spatialimages.SpatialImage:
+    """``nib.load`` (header only) with errors that name the file and what it should be."""
     try:
         return nib.load(str(path))
     except FileNotFoundError:
-        raise InputDataError(f"{path}: file not found") from None
+        raise InputDataError(f"{path}: {what} image not found") from None
     except Exception as err:
-        raise InputDataError(f"{path}: not a readable NIfTI image: {err}") from None
+        raise InputDataError(f"{path}: not a readable {what} image: {err}") from None
 
 
 def read_header(path: Path | str) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
     """Shape, affine (4x4) and voxel sizes of an image, without reading its data."""
-    img = _load(path)
+    img = load_image(path)
     shape = tuple(int(n) for n in img.shape)
     zooms = tuple(float(z) for z in img.header.get_zooms())
     return shape, np.asarray(img.affine, dtype=float), zooms
@@ -55,7 +56,7 @@ class VolumeReader:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        img = _load(self.path)
+        img = load_image(self.path)
         self.shape = tuple(int(n) for n in img.shape)
         if len(self.shape) > 4 and any(n != 1 for n in self.shape[4:]):
             raise InputDataError(f"{self.path}: expected a 3D or 4D image, got shape {self.shape}")
