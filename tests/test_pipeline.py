@@ -188,3 +188,49 @@ def test_aggregate_session_and_subject(tmp_path):
         stacked = pd.concat(frames).to_numpy()
         matrix = read_tsv(out / rel[0]).to_numpy()
         assert np.corrcoef(stacked.T)[0, 1] == pytest.approx(matrix[0, 1], abs=0.05)
+
+
+def test_fully_censored_run_fails_clearly_excluded_run_is_recorded(tmp_path, capsys):
+    config = build_demo(
+        tmp_path / "d", DemoSpec(n_subjects=3, n_sessions=1, n_runs=1, n_volumes=60, seed=2)
+    )
+    bids = tmp_path / "d" / "fmriprep"
+    # sub-02: every volume moves too much; sub-03: only 20 volumes stay below the threshold
+    for sub, fd in (("02", np.full(60, 0.9)), ("03", np.r_[np.full(40, 0.9), np.full(20, 0.1)])):
+        path = next(bids.glob(f"sub-{sub}/func/*_desc-confounds_timeseries.tsv"))
+        table = read_tsv(path)
+        table["framewise_displacement"] = fd
+        table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    data = yaml.safe_load(config.read_text())
+    data["denoise"] = {
+        "name": "scrub",
+        "strategy": "scrubbing",
+        "fd_threshold": 0.5,
+        "std_dvars_threshold": 100.0,  # FD alone decides here
+    }
+    data["atlases"] = data["atlases"][:1]
+    cfg = tmp_path / "d" / "scrub.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "every volume is censored" in err and "sub-02_task-rest_desc-confounds" in err
+    stem = "task-rest_space-MNI152NLin2009cAsym_res-2"
+    assert list((out / "sub-01" / "func").glob("*_timeseries.tsv")), "the other runs go on"
+    for sub, kept in (("02", 0), ("03", 20)):
+        qc = json.loads(
+            (out / f"sub-{sub}" / "func" / f"sub-{sub}_{stem}_desc-scrub_qc.json").read_text()
+        )
+        assert qc["Excluded"] is True and qc["VolumesKept"] == kept
+        assert qc["VolumesCensored"] == 60 - kept - 2  # two non-steady-state volumes
+        assert not list((out / f"sub-{sub}" / "func").glob("*_timeseries.tsv"))
+    assert (
+        "volumes"
+        in json.loads((out / "sub-03" / "func" / f"sub-03_{stem}_desc-scrub_qc.json").read_text())[
+            "ExclusionReason"
+        ]
+    )
+    assert main([str(bids), str(out), "group", "--config", str(cfg)]) == 0
+    qc_table = read_tsv(out / "group" / "task-rest_desc-scrub_qc.tsv")
+    assert qc_table["excluded"].tolist() == [False, True, True]
