@@ -294,10 +294,12 @@ def _maps_part(src: AtlasSource, shape, affine, in_mask: np.ndarray) -> _Part:
         op.gram_inv = scipy.linalg.inv(gram)
         op.gram_inv = (op.gram_inv + op.gram_inv.T) / 2
         return _Part(op, rows, vox_v, val_v, *support, kv)
-    # ill-conditioned: explicit pseudo-inverse rows, LAPACK gelsd's cutoff
+    # ill-conditioned: explicit pseudo-inverse rows. Rank cutoff as numpy's matrix_rank
+    # (eps * max(shape) * s_max): gelsd's bare eps * s_max keeps the rounding residue of an
+    # exactly dependent map with some LAPACK builds and returns signals of ~1e16.
     dense = m.toarray()
     u, s, vt = np.linalg.svd(dense, full_matrices=False)
-    keep_s = s > np.finfo(float).eps * s[0]
+    keep_s = s > np.finfo(float).eps * max(dense.shape) * s[0]
     pinv = (vt[keep_s].T / s[keep_s]) @ u[:, keep_s].T  # (kv, |V|)
     r_idx, c_idx = np.nonzero(pinv)
     return _Part(op, r_idx, v_idx[c_idx], pinv[r_idx, c_idx], *support, kv)
