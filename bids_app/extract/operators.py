@@ -65,6 +65,33 @@ class AtlasOperator:
     def n_regions(self) -> int:
         return len(self.lut)
 
+    @classmethod
+    def for_source(
+        cls,
+        src,
+        strategy: str,
+        n_voxels: np.ndarray,
+        n_in_mask: np.ndarray,
+        valid: np.ndarray,
+        weight_total: np.ndarray | None = None,
+        **extra,
+    ) -> AtlasOperator:
+        """An operator for atlas ``src``; ``weight_total`` defaults to the voxel counts."""
+        return cls(
+            name=src.name,
+            kind=src.kind,
+            lut=src.lut[["index", "name"]].reset_index(drop=True),
+            strategy=strategy,
+            n_voxels=n_voxels,
+            n_in_mask=n_in_mask,
+            weight_total=n_voxels.astype(float) if weight_total is None else weight_total,
+            valid=valid,
+            rows=slice(0, 0),
+            valid_cols=np.flatnonzero(valid),
+            min_coverage=src.min_coverage,
+            **extra,
+        )
+
 
 @dataclass
 class Operators:
@@ -122,19 +149,7 @@ def _labels_part(src: AtlasSource, shape, affine, in_mask: np.ndarray) -> _Part:
     vox, col = keep[inside], col[inside]
     n_in = np.bincount(col, minlength=k)
     valid = n_in > 0
-    op = AtlasOperator(
-        name=src.name,
-        kind=src.kind,
-        lut=src.lut[["index", "name"]].reset_index(drop=True),
-        strategy=src.strategy,
-        n_voxels=n_voxels,
-        n_in_mask=n_in,
-        weight_total=n_voxels.astype(float),
-        valid=valid,
-        rows=slice(0, 0),
-        valid_cols=np.flatnonzero(valid),
-        min_coverage=src.min_coverage,
-    )
+    op = AtlasOperator.for_source(src, src.strategy, n_voxels, n_in, valid)
     ones = np.ones(len(vox))
     if src.strategy in ("mean", "sum"):
         row_of_col = np.cumsum(valid) - 1
@@ -165,20 +180,7 @@ def _spheres_part(src: AtlasSource, shape, affine, mask3: np.ndarray | None) -> 
     n_voxels = np.array([len(m) for m in full])
     n_in = np.array([len(m) for m in masked])
     valid = n_in > 0
-    op = AtlasOperator(
-        name=src.name,
-        kind=src.kind,
-        lut=src.lut[["index", "name"]].reset_index(drop=True),
-        strategy="mean",
-        n_voxels=n_voxels,
-        n_in_mask=n_in,
-        weight_total=n_voxels.astype(float),
-        valid=valid,
-        rows=slice(0, 0),
-        valid_cols=np.flatnonzero(valid),
-        scale=1.0 / n_in[valid],
-        min_coverage=src.min_coverage,
-    )
+    op = AtlasOperator.for_source(src, "mean", n_voxels, n_in, valid, scale=1.0 / n_in[valid])
     reg = np.concatenate([np.full(len(m), i) for i, m in enumerate(masked)] + [np.zeros(0, int)])
     vox = np.concatenate(list(masked) + [np.zeros(0, np.int64)])
     row_of_col = np.cumsum(valid) - 1
@@ -261,19 +263,7 @@ def _maps_part(src: AtlasSource, shape, affine, in_mask: np.ndarray) -> _Part:
     masked = [(i[in_mask[i]], v[in_mask[i]].astype(float)) for i, v in cols]
     n_in = np.array([len(c[0]) for c in masked])
     valid = np.array([np.abs(v).sum() > 0 for _, v in masked])
-    op = AtlasOperator(
-        name=src.name,
-        kind=src.kind,
-        lut=src.lut[["index", "name"]].reset_index(drop=True),
-        strategy="lstsq",
-        n_voxels=n_voxels,
-        n_in_mask=n_in,
-        weight_total=weight_total,
-        valid=valid,
-        rows=slice(0, 0),
-        valid_cols=np.flatnonzero(valid),
-        min_coverage=src.min_coverage,
-    )
+    op = AtlasOperator.for_source(src, "lstsq", n_voxels, n_in, valid, weight_total=weight_total)
     reg = np.concatenate([np.full(len(c[0]), j) for j, c in enumerate(masked)] + [np.zeros(0, int)])
     vox = np.concatenate([c[0] for c in masked] + [np.zeros(0, np.int64)])
     val = np.concatenate([c[1] for c in masked] + [np.zeros(0)])
