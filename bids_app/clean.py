@@ -27,8 +27,6 @@ from typing import Literal
 
 import numpy as np
 from scipy import linalg
-from scipy import signal as sp_signal
-from scipy.interpolate import CubicSpline
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps
@@ -92,6 +90,8 @@ def _butterworth_sos(low_pass: float | None, high_pass: float | None, t_r: float
     if cut is None:
         return None
     wn, btype = cut
+    from scipy import signal as sp_signal  # imported on use: ~0.5 s
+
     return sp_signal.butter(N=ORDER, Wn=wn, btype=btype, output="sos", fs=1.0 / t_r)
 
 
@@ -116,6 +116,8 @@ def butterworth(
         raise ValueError(
             f"{x.shape[0]} volumes are too few for the Butterworth filter (needs more than {padlen})"
         )
+    from scipy import signal as sp_signal
+
     return sp_signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
 
 
@@ -126,6 +128,8 @@ def _interpolate(x: np.ndarray, kept: np.ndarray, t_r: float) -> np.ndarray:
     censored = np.setdiff1d(np.arange(first, last + 1), kept)
     if censored.size and x.shape[1]:
         times = np.arange(x.shape[0]) * t_r
+        from scipy.interpolate import CubicSpline
+
         spline = CubicSpline(times[kept], x[kept], axis=0)
         out[censored - first] = spline(times[censored])
     return out

@@ -12,8 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg, stats
-from sklearn.covariance import EmpiricalCovariance, GraphicalLassoCV, LedoitWolf
+from scipy import linalg
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,8 @@ def make_estimator(estimator: str):
     ``ledoit_wolf`` is what nilearn uses when no estimator is given
     (``LedoitWolf(store_precision=False)``); the others keep scikit-learn's defaults.
     """
+    from sklearn.covariance import EmpiricalCovariance, GraphicalLassoCV, LedoitWolf
+
     if estimator == "ledoit_wolf":
         return LedoitWolf(store_precision=False)
     if estimator == "empirical":
@@ -360,6 +361,8 @@ def qc_fc(
         ``DistanceDependence`` (Spearman rho between QC-FC and distance) and
         ``DistanceDependenceAbs`` (with |QC-FC|), ``NumberOfSubjects``, ``NumberOfEdges``.
     """
+    from scipy import stats
+
     fd = np.asarray(mean_fd, dtype=np.float64)
     mats = np.asarray(matrices, dtype=np.float64)
     if mats.ndim != 3 or mats.shape[0] != fd.size or mats.shape[1] != mats.shape[2]:
@@ -413,6 +416,8 @@ def qc_fc_summary(
     r: np.ndarray, p: np.ndarray, distance: np.ndarray | None = None, alpha: float = 0.05
 ) -> dict:
     """Summary statistics of per-edge QC-FC values (NaN edges left out)."""
+    from scipy import stats
+
     valid = np.isfinite(r) & np.isfinite(p)
     out: dict = {
         "NumberOfEdges": int(r.size),
