@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.linalg
+from nibabel.affines import apply_affine
 from scipy import ndimage, sparse
 
 from ..errors import ConfigError, InputDataError
@@ -223,11 +224,6 @@ def load_mask_image(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     return mask, np.asarray(img.affine, dtype=float)
 
 
-def world_coords(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World (mm) coordinates of voxel indices (n x 3)."""
-    return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     return tuple(shape_a[:3]) == tuple(shape_b[:3]) and np.allclose(affine_a, affine_b)
 
@@ -279,21 +275,18 @@ def _labels_array(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data, dtype=np.int32), np.asarray(img.affine, dtype=float)
 
 
+def make_lut(index, names: list[str], centres: np.ndarray, **extra) -> pd.DataFrame:
+    """Lookup table: ``index``, ``name``, world centre ``x``, ``y``, ``z``, then ``extra`` columns."""
+    centres = np.asarray(centres, dtype=float).reshape(-1, 3)
+    columns = {"index": index, "name": names, "x": centres[:, 0], "y": centres[:, 1]}
+    return pd.DataFrame({**columns, "z": centres[:, 2], **extra})
+
+
 def label_centroids(labels: np.ndarray, affine: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """World centroid (mean voxel position) of each label value in ``ids`` (NaN if absent)."""
-    flat = labels.reshape(-1)
-    present = np.flatnonzero(np.isin(flat, ids))
-    pos = np.searchsorted(ids, flat[present])
-    counts = np.bincount(pos, minlength=len(ids)).astype(float)
-    ijk = np.unravel_index(present, labels.shape)
-    out = np.full((len(ids), 3), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_ijk = np.column_stack(
-            [np.bincount(pos, weights=c, minlength=len(ids)) / counts for c in ijk]
-        )
-    ok = counts > 0
-    out[ok] = world_coords(mean_ijk[ok], affine)
-    return out
+        ijk = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), dtype=float)
+    return apply_affine(affine, ijk.reshape(-1, 3))
 
 
 def _load_labels(cfg) -> AtlasSource:
@@ -323,15 +316,8 @@ def _load_labels(cfg) -> AtlasSource:
     if len(ids) == 0:
         raise InputDataError(f"{cfg.image}: the labels image has no label (only background)")
     centres = label_centroids(labels, affine, ids)
-    lut = pd.DataFrame(
-        {
-            "index": ids.astype(np.int64),
-            "name": unique_names([names.get(int(i), str(int(i))) for i in ids], ids.tolist()),
-            "x": centres[:, 0],
-            "y": centres[:, 1],
-            "z": centres[:, 2],
-        }
-    )
+    names = unique_names([names.get(int(i), str(int(i))) for i in ids], ids.tolist())
+    lut = make_lut(ids.astype(np.int64), names, centres)
     atlas_mask = mask_affine = None
     if cfg.mask is not None:
         atlas_mask, mask_affine = load_mask_image(cfg.mask)
@@ -354,10 +340,7 @@ def _load_labels(cfg) -> AtlasSource:
 
 def maps_dtype(dtype: np.dtype) -> np.dtype:
     """Float type nilearn's maps masker works in: float64 for 8-byte types, else float32."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return np.dtype(np.float64 if dtype.itemsize >= 8 else np.float32)
-    return np.dtype(np.float64 if dtype.itemsize >= 8 else np.float32)
+    return np.dtype(np.float64 if np.dtype(dtype).itemsize >= 8 else np.float32)
 
 
 def maps_to_sparse(volumes, n_voxels: int, dtype: np.dtype | None = None) -> sparse.csc_matrix:
@@ -394,7 +377,7 @@ def maps_centres(maps: sparse.csc_matrix, shape: tuple[int, ...], affine: np.nda
         if w.sum() <= 0:
             continue
         ijk = np.column_stack(np.unravel_index(maps.indices[sl], shape, order="F"))
-        out[k] = world_coords((ijk * w[:, None]).sum(0) / w.sum(), affine)
+        out[k] = apply_affine(affine, (ijk * w[:, None]).sum(0) / w.sum())
     return out
 
 
@@ -425,15 +408,7 @@ def _load_maps(cfg) -> AtlasSource:
         raise InputDataError(f"{cfg.image}: the maps image is empty (all zeros)")
     names = _maps_names(cfg, maps.shape[1])
     centres = maps_centres(maps, reader.shape3, reader.affine)
-    lut = pd.DataFrame(
-        {
-            "index": np.arange(maps.shape[1]),
-            "name": names,
-            "x": centres[:, 0],
-            "y": centres[:, 1],
-            "z": centres[:, 2],
-        }
-    )
+    lut = make_lut(np.arange(maps.shape[1]), names, centres)
     return AtlasSource(
         name=cfg.name,
         kind="maps",
@@ -483,15 +458,11 @@ def _load_regions(cfg) -> AtlasSource:
     )
     centres = maps_centres(maps, shape3, affine)
     n = region_maps.shape[3]
-    lut = pd.DataFrame(
-        {
-            "index": np.arange(n),
-            "name": [str(i) for i in range(n)],
-            "x": centres[:, 0],
-            "y": centres[:, 1],
-            "z": centres[:, 2],
-            "parent_map": np.asarray(parents, dtype=int),
-        }
+    lut = make_lut(
+        np.arange(n),
+        [str(i) for i in range(n)],
+        centres,
+        parent_map=np.asarray(parents, dtype=int),
     )
     out_img = nib.Nifti1Image(region_maps, affine)
     out_img.header.set_xyzt_units("mm")
@@ -515,15 +486,11 @@ def _load_spheres(cfg) -> AtlasSource:
     if len(table) == 0:
         raise InputDataError(f"{cfg.coordinates}: no coordinates")
     radius = None if cfg.radius is None else float(cfg.radius)
-    lut = pd.DataFrame(
-        {
-            "index": table["index"].astype(int).to_numpy(),
-            "name": unique_names([str(n) for n in table["name"]], table["index"].tolist()),
-            "x": table["x"].astype(float).to_numpy(),
-            "y": table["y"].astype(float).to_numpy(),
-            "z": table["z"].astype(float).to_numpy(),
-            "radius": np.nan if radius is None else radius,
-        }
+    lut = make_lut(
+        table["index"].astype(int).to_numpy(),
+        unique_names([str(n) for n in table["name"]], table["index"].tolist()),
+        table[["x", "y", "z"]].to_numpy(dtype=float),
+        radius=np.nan if radius is None else radius,
     )
     if "network" in table.columns:
         lut["network"] = table["network"].to_numpy()

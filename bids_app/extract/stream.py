@@ -159,46 +159,14 @@ def smoothing_sigmas(affine: np.ndarray, fwhm: float | None) -> np.ndarray | Non
 
 
 def smooth_volume(vol: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Smooth a 3D volume in place along each axis (Gaussian, mode "reflect", truncate 4).
+    """Gaussian smoothing of a 3D volume, in place for float input (mode "reflect", truncate 4).
 
     Integer volumes are converted to float32 (float64 for 64-bit integers); the
     caller must have replaced non-finite values by 0.
     """
     if vol.dtype.kind in "iu":
         vol = vol.astype(np.float64 if vol.dtype.itemsize == 8 else np.float32)
-    for axis, sigma in enumerate(sigmas):
-        if sigma > 0:
-            ndimage.gaussian_filter1d(vol, sigma, axis=axis, output=vol)
-    return vol
+    return ndimage.gaussian_filter(vol, sigmas, output=vol)
 
 
-def iter_volumes(
-    path: Path | str, smoothing_fwhm: float | None = None
-) -> tuple[VolumeReader, Iterator[np.ndarray]]:
-    """A reader and an iterator of its volumes as flat (Fortran-order) finite arrays.
-
-    Non-finite values are replaced by 0 (as nilearn's maskers do); with
-    ``smoothing_fwhm`` each volume is smoothed as nilearn's ``smooth_img`` would.
-    The iterator also reports, through ``reader.nonfinite``, the flat indices of
-    voxels that were ever non-finite.
-    """
-    reader = VolumeReader(path)
-    sigmas = smoothing_sigmas(reader.affine, smoothing_fwhm)
-    reader.nonfinite = np.zeros(reader.n_voxels, dtype=bool)
-
-    def gen() -> Iterator[np.ndarray]:
-        for vol in reader:
-            if vol.dtype.kind == "f":
-                bad = ~np.isfinite(vol)
-                if bad.any():
-                    vol = np.where(bad, 0, vol)
-                    reader.nonfinite |= bad
-            if sigmas is not None:
-                vol3 = np.array(vol.reshape(reader.shape3, order="F"), order="F", copy=True)
-                vol = smooth_volume(vol3, sigmas).reshape(-1, order="F")
-            yield vol
-
-    return reader, gen()
-
-
-__all__ = ["read_header", "VolumeReader", "iter_volumes", "smooth_volume", "smoothing_sigmas"]
+__all__ = ["read_header", "VolumeReader", "smooth_volume", "smoothing_sigmas"]
