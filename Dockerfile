@@ -28,12 +28,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# Dependencies first, from pyproject.toml alone: editing the code does not reinstall numpy & co.
+# Dependencies first (with the dask extra, for --dask-scheduler, and the atlases extra, for
+# bids-connectome-atlases fetch), from pyproject.toml alone: editing the code does not
+# reinstall numpy & co.
 WORKDIR /src
 COPY pyproject.toml ./
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
+ && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dask"] + p["optional-dependencies"]["atlases"]))' > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
@@ -46,14 +48,34 @@ RUN --mount=type=secret,id=pip_ca \
  && pip check \
  && python -m compileall -q /opt/venv/lib \
  && bids-connectome --version \
- && bids-connectome-demo --help >/dev/null
+ && bids-connectome-demo --help >/dev/null \
+ && bids-connectome-atlases --help >/dev/null
+
+# Atlases baked into the image (TemplateFlow layout in /opt/templateflow; the image then needs
+# no network to use them). Queries and/or configurations, e.g.
+#   docker build --build-arg ATLASES="tpl-MNI152NLin2009cAsym_res-02_atlas-Schaefer2018_desc-400Parcels7Networks_dseg" .
+#   docker build --build-arg ATLAS_CONFIGS="configs/my.yaml" .   (a configuration in configs/)
+# See docs/atlases.md. Default: none.
+ARG ATLASES=""
+ARG ATLAS_CONFIGS=""
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export SSL_CERT_FILE=/run/secrets/pip_ca; fi \
+ && mkdir -p /opt/templateflow \
+ && if [ -n "${ATLASES}${ATLAS_CONFIGS}" ]; then \
+      set -- ; for q in ${ATLASES}; do set -- "$@" --query "$q"; done; \
+      bids-connectome-atlases fetch ${ATLAS_CONFIGS} "$@" --to /opt/templateflow \
+      && { [ -z "${ATLAS_CONFIGS}" ] || TEMPLATEFLOW_HOME=/opt/templateflow bids-connectome-atlases list ${ATLAS_CONFIGS}; }; \
+    fi \
+ && chmod -R a+rX /opt/templateflow
 
 # ---- runtime: base + the venv; no pip cache, no sources, no build tools ----
 FROM base
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/templateflow /opt/templateflow
 
 # Any uid, read-only root: nothing is written outside /tmp, OUTPUT_DIR and --work-dir.
 ENV PATH=/opt/venv/bin:$PATH \
+    TEMPLATEFLOW_HOME=/opt/templateflow \
     HOME=/tmp \
     TMPDIR=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \

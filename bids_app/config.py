@@ -7,9 +7,11 @@ path of the bad key and what is allowed there.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,12 +20,26 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from .atlases import ResolvedAtlas, TemplateFlowQuery, resolve_entries, source_error
 from .errors import ConfigError
+from .presets import unused_overrides
+from .vocabulary import (
+    AGGREGATES,
+    ATLAS_KINDS,
+    BUILTIN_COORDINATES,
+    ESTIMATORS,
+    GROUP_MEASURES,
+    MEASURES,
+    STRATEGIES,
+    grid_of_space,
+    normalize_measure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +52,6 @@ CompCor = Literal[
     "temporal_anat_combined",
     "temporal_anat_separated",
 ]
-BUILTIN_COORDINATES = ("power2011", "dosenbach2010", "seitzman2018")
-MEASURES = ("correlation", "partialcorrelation", "covariance", "precision", "tangent")
-ESTIMATORS = ("ledoit_wolf", "empirical", "graphical_lasso")
 
 
 class _Strict(BaseModel):
@@ -49,7 +62,7 @@ class DenoiseConfig(_Strict):
     """Confound selection (nilearn ``load_confounds_strategy`` meanings) and cleaning."""
 
     name: Label = "simple"
-    strategy: Literal["simple", "scrubbing", "compcor", "ica_aroma", "none"] = "simple"
+    strategy: Literal[STRATEGIES] = "simple"
     # Overrides of the preset, with nilearn's names and meanings; None keeps the preset value.
     motion: Model | None = None
     wm_csf: Model | None = None
@@ -77,6 +90,18 @@ class DenoiseConfig(_Strict):
     min_dof: Annotated[int, Field(ge=0)] = 10
     min_seconds: Annotated[float, Field(ge=0)] | None = None
 
+    @field_validator("confounds")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"{pattern!r} is neither a column name nor a valid regular expression ({err})"
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _check_band(self) -> DenoiseConfig:
         if self.low_pass is not None and self.high_pass is not None:
@@ -93,23 +118,67 @@ class _AtlasBase(_Strict):
     name: Label
     # Regions whose fraction of voxels inside the brain mask is below this are n/a.
     min_coverage: Annotated[float, Field(ge=0, le=1)] | None = None
+    # The template the atlas is in (checked against the BOLD space; see docs/atlases.md).
+    space: Label | None = None
+    allow_space_mismatch: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)  # for atlas-<A>_description.json
+
+    @property
+    def grid(self) -> str:
+        """``volume``, ``cifti`` or ``gifti``: the kind of runs this atlas applies to."""
+        return "volume"
 
 
-class LabelsAtlas(_AtlasBase):
-    kind: Literal["labels"]
-    image: Path
+Selector = Annotated[int, Field(ge=0)] | Label
+
+
+class _ImageAtlas(_AtlasBase):
+    """An atlas given by a file (``image``), a TemplateFlow query or a BIDS-Atlas dataset."""
+
+    image: Path | None = None
     labels: Path | None = None
+    templateflow: TemplateFlowQuery | None = None
+    dataset: Path | None = None
+    atlas: Label | None = None
+    desc: Label | None = None
+    seg: Label | None = None
+    scale: Selector | None = None
+    res: Selector | None = None
+    # Surfaces: the right hemisphere of a .label.gii / .annot pair (``image`` is the left),
+    # midthickness meshes (left, right) for region centres.
+    image_right: Path | None = None
+    mesh: Annotated[list[Path], Field(min_length=2, max_length=2)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _ImageAtlas:
+        problem = source_error(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def grid(self) -> str:
+        """``volume``, ``cifti`` or ``gifti``: the kind of runs this atlas applies to."""
+        name = str(self.image or "").lower()
+        if name.endswith((".dlabel.nii", ".dscalar.nii")):
+            return "cifti"
+        if name.endswith((".label.gii", ".annot", ".func.gii", ".shape.gii")):
+            return "gifti"
+        return "volume"
+
+
+class LabelsAtlas(_ImageAtlas):
+    kind: Literal["labels"]
     strategy: Literal[
         "mean", "median", "minimum", "maximum", "sum", "variance", "standard_deviation"
     ] = "mean"
     background_label: int = 0
     mask: Path | None = None
+    map: Annotated[int, Field(ge=0)] | str = 0  # which map of a multi-map .dlabel.nii
 
 
-class MapsAtlas(_AtlasBase):
+class MapsAtlas(_ImageAtlas):
     kind: Literal["maps"]
-    image: Path
-    labels: Path | None = None
     allow_overlap: bool = True
 
 
@@ -120,16 +189,34 @@ class SpheresAtlas(_AtlasBase):
     allow_overlap: bool = False
 
 
+FILE_KEYS = ("image", "image_right", "labels", "mask", "coordinates")
+_PERCENT = re.compile(r"^\d+(\.\d+)?%$")
+
+
 class RegionsAtlas(_AtlasBase):
     kind: Literal["regions"]
     image: Path
-    threshold: float | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")] = 1.0
+    threshold: float | str = 1.0  # a number is a value; a string is a percentile ("97%")
     two_sided: bool = True
     cluster_threshold: Annotated[int, Field(ge=0)] = 0
     extract_type: Literal["connected_components", "local_regions"] = "local_regions"
     min_region_size: Annotated[float, Field(ge=0)] = 1350.0
     smoothing_fwhm: Annotated[float, Field(ge=0)] = 6.0
     allow_overlap: bool = True
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(
+                f"must be a number (a value) or a percentile such as '97%'; got {value!r}"
+            )
+        if isinstance(value, str) and not _PERCENT.match(value.strip()):
+            raise ValueError(
+                f"the string {value!r} is not a percentile: write a number for a value "
+                "(threshold: 3.1) or a percentage for a percentile (threshold: '97%')"
+            )
+        return value.strip() if isinstance(value, str) else float(value)
 
 
 AtlasConfig = Annotated[
@@ -139,10 +226,10 @@ AtlasConfig = Annotated[
 
 class ConnectivityConfig(_Strict):
     measures: list[str] = Field(default_factory=lambda: ["correlation"], min_length=1)
-    estimator: list[Literal["ledoit_wolf", "empirical", "graphical_lasso"]] = Field(
+    estimator: list[Literal[ESTIMATORS]] = Field(
         default_factory=lambda: ["ledoit_wolf"], min_length=1
     )
-    aggregate: Literal["run", "session", "subject"] = "run"
+    aggregate: Literal[AGGREGATES] = "run"
 
     @field_validator("measures", mode="before")
     @classmethod
@@ -151,9 +238,11 @@ class ConnectivityConfig(_Strict):
             value = [value]
         out = []
         for item in value:
-            key = str(item).replace(" ", "").replace("_", "").lower()
+            key = normalize_measure(item)
             if key not in MEASURES:
-                raise ValueError(f"unknown measure {item!r}; allowed: {', '.join(MEASURES)}")
+                close = difflib.get_close_matches(key, MEASURES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown measure {item!r}{hint}; allowed: {', '.join(MEASURES)}")
             if key not in out:
                 out.append(key)
         return out
@@ -167,9 +256,33 @@ class ConnectivityConfig(_Strict):
 class Config(_Strict):
     space: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] = "MNI152NLin2009cAsym"
     res: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] | None = None
+    den: Label | None = None  # surface density; fsLR runs: 91k unless given
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     atlases: list[AtlasConfig] = Field(min_length=1)
     connectivity: ConnectivityConfig = Field(default_factory=ConnectivityConfig)
+    _resolved: dict[str, ResolvedAtlas] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_density(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("space") == "fsLR" and data.get("den") is None:
+            data = {**data, "den": "91k"}
+        return data
+
+    @property
+    def grid(self) -> str:
+        """``volume``, ``cifti`` or ``gifti``: the kind of runs of the configured space."""
+        return grid_of_space(self.space)
+
+    @property
+    def applicable_atlases(self) -> list:
+        """The atlases for runs of this space (volume atlases for volume runs, ...)."""
+        return [a for a in self.atlases if a.grid == self.grid]
+
+    @property
+    def resolved(self) -> dict[str, ResolvedAtlas]:
+        """Where each applicable atlas came from (TemplateFlow, dataset, file), by name."""
+        return self._resolved
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -179,10 +292,78 @@ class Config(_Strict):
             raise ValueError(f"atlas names must be unique; repeated: {', '.join(dupes)}")
         return self
 
-    def digest(self) -> str:
-        """SHA-256 of the canonical JSON form (recorded in dataset_description.json)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    @property
+    def participant_measures(self) -> list[str]:
+        """The measures computed per run / session / subject (tangent is group-level only)."""
+        return [m for m in self.connectivity.measures if m not in GROUP_MEASURES]
+
+    def files(self) -> list[str]:
+        """Every file the configuration names (atlas images, tables, masks, coordinates)."""
+        out = []
+        for atlas in self.atlases:
+            for key in FILE_KEYS:
+                value = getattr(atlas, key, None)
+                if value is not None and not (
+                    key == "coordinates" and value in BUILTIN_COORDINATES
+                ):
+                    out.append(str(value))
+        return out
+
+    def canonical(
+        self, participant_only: bool = False, recorded: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The configuration as plain data, every file replaced by the digest of its content.
+
+        Two configurations that use the same files from different folders are equal
+        here. ``participant_only`` leaves out what only the group level uses (tangent).
+        ``recorded`` is the canonical form the participant level recorded
+        (``code/bids-connectome/desc-<D>_config.json``): a file that no longer exists takes
+        the digest recorded for the same atlas and key (the group level needs no atlas file).
+        """
+        data = self.model_dump(mode="json")
+        before = {
+            a.get("name"): a for a in (recorded or {}).get("atlases", []) if isinstance(a, dict)
+        }
+        for atlas in data["atlases"]:
+            for key in FILE_KEYS:
+                value = atlas.get(key)
+                if value is None or (key == "coordinates" and value in BUILTIN_COORDINATES):
+                    continue
+                old = before.get(atlas["name"], {}).get(key)
+                if not Path(value).is_file() and isinstance(old, str) and old.startswith("sha256:"):
+                    atlas[key] = old
+                else:
+                    atlas[key] = file_digest(value)
+        if participant_only:
+            data["connectivity"]["measures"] = self.participant_measures
+        return data
+
+    def digest(self, participant_only: bool = False, recorded: dict[str, Any] | None = None) -> str:
+        """SHA-256 of :meth:`canonical` (the ``ConfigurationHash`` recorded in the outputs)."""
+        text = json.dumps(
+            self.canonical(participant_only, recorded), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path | str) -> str:
+    """``sha256:<hex>`` of a file's bytes (remembered per path, size and mtime)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the atlas file: {err.strerror}") from None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = f"sha256:{h.hexdigest()}"
+    return _DIGESTS[key]
 
 
 def presets_dir() -> Path:
@@ -205,16 +386,81 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _model_at(loc: list, data: Any) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (for close-match suggestions)."""
+    if not loc:
+        return Config
+    if loc[0] in ("denoise", "connectivity"):
+        return DenoiseConfig if loc[0] == "denoise" else ConnectivityConfig
+    if loc[0] == "atlases" and len(loc) > 1:
+        if len(loc) > 3 and loc[3] == "templateflow":
+            return TemplateFlowQuery
+        kind = loc[2] if len(loc) > 2 else None
+        return {
+            "labels": LabelsAtlas,
+            "maps": MapsAtlas,
+            "spheres": SpheresAtlas,
+            "regions": RegionsAtlas,
+        }.get(kind)
+    return None
+
+
+def _where(loc: tuple, data: Any) -> tuple[str, list]:
+    """``atlases.<name>.<key>`` instead of pydantic's ``atlases.<index>.<kind>.<key>``."""
+    parts = list(loc)
+    if parts[:1] == ["atlases"] and len(parts) > 1 and isinstance(parts[1], int):
+        entry = (data.get("atlases") or [None] * (parts[1] + 1))[parts[1]]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        label = str(name) if isinstance(name, str) and name else f"#{parts[1] + 1}"
+        rest = parts[2:]
+        kind = rest[0] if rest and rest[0] in ATLAS_KINDS else None
+        shown = ["atlases", label] + (rest[1:] if kind else rest)
+        return ".".join(str(p) for p in shown), ["atlases", parts[1]] + ([kind] if kind else [])
+    return ".".join(str(p) for p in parts) or "(top level)", parts[:-1]
+
+
+def _message(e: dict, owner: type[BaseModel] | None, key: str) -> str:
+    kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown key{hint}" + (
+            f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
+        )
+    if kind == "literal_error":
+        return f"got {value!r}; allowed: {ctx.get('expected', '').replace(' or ', ', ')}"
+    if kind == "string_pattern_mismatch":
+        return f"must be letters and digits only (a BIDS label), got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        words = {
+            "greater_than": "greater than",
+            "greater_than_equal": "at least",
+            "less_than": "less than",
+            "less_than_equal": "at most",
+        }[kind]
+        bound = next(iter(ctx.values()), "")
+        return f"must be {words} {bound}, got {value!r}"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
+        return f"must be a {'whole ' if kind.startswith('int') else ''}number, got {value!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {value!r}"
+    if kind == "missing":
+        return "required key missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"kind must be one of {', '.join(ATLAS_KINDS)} (got {ctx.get('tag', value)!r})"
+    if kind == "too_short":
+        return "must not be empty"
+    return e["msg"].removeprefix("Value error, ")
+
+
+def _format_errors(err: ValidationError, source: str, data: Any) -> str:
     lines = [f"invalid configuration {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).endswith("Atlas")) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "literal_error":
-            msg = f"got {e.get('input')!r}; {msg.lower()}"
-        lines.append(f"  {loc}: {msg}")
+        where, owner_loc = _where(tuple(e["loc"]), data if isinstance(data, dict) else {})
+        owner = _model_at(owner_loc, data)
+        key = str(e["loc"][-1]) if e["loc"] else ""
+        lines.append(f"  {where}: {_message(e, owner, key)}")
     return "\n".join(lines)
 
 
@@ -233,9 +479,11 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: str = "<dict>") -
     for atlas in data.get("atlases") or []:
         if not isinstance(atlas, dict):
             continue
-        for key in ("image", "labels", "mask"):
+        for key in ("image", "labels", "mask", "dataset", "image_right"):
             if atlas.get(key) is not None:
                 atlas[key] = str(_resolve(atlas[key], base_dir))
+        if isinstance(atlas.get("mesh"), list):
+            atlas["mesh"] = [str(_resolve(m, base_dir)) for m in atlas["mesh"]]
         coords = atlas.get("coordinates")
         if coords is not None and str(coords).lower() not in BUILTIN_COORDINATES:
             atlas["coordinates"] = str(_resolve(coords, base_dir))
@@ -244,17 +492,73 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: str = "<dict>") -
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source, data)) from None
 
 
-def load_config(path: Path | str | None = None, space: str | None = None) -> Config:
+def resolve_atlases(
+    config: Config,
+    source: str | Path | None = None,
+    templateflow_home: Path | str | None = None,
+    allow_network: bool = False,
+) -> Config:
+    """The configuration with every applicable atlas resolved to files (TemplateFlow
+    queries and BIDS-Atlas datasets looked up; see :mod:`bids_app.atlases`) and checked
+    against the BOLD space. Atlases of another kind of grid (a volume atlas in a
+    surface configuration, or the reverse) are left as they are and skipped, with one
+    warning."""
+    skipped = [a.name for a in config.atlases if a.grid != config.grid]
+    if skipped:
+        log.warning(
+            "atlases %s: not for %s runs (space %s); skipped",
+            ", ".join(skipped),
+            config.grid,
+            config.space,
+        )
+    applicable = config.applicable_atlases
+    if not applicable:
+        raise ConfigError(
+            f"invalid configuration {source}: no atlas applies to space {config.space} "
+            f"({config.grid} runs); atlases: {', '.join(a.name for a in config.atlases)}"
+        )
+    done, warnings = resolve_entries(
+        applicable,
+        bold_space=config.space,
+        bold_res=config.res,
+        templateflow_home=templateflow_home,
+        allow_network=allow_network,
+        config_path=source,
+    )
+    for warning in warnings:
+        log.warning("%s", warning)
+    by_name = {entry.name: (entry, resolved) for entry, resolved in done}
+    atlases = [by_name[a.name][0] if a.name in by_name else a for a in config.atlases]
+    out = config.model_copy(update={"atlases": atlases})
+    out._resolved = {name: resolved for name, (_, resolved) in by_name.items()}
+    return out
+
+
+def load_config(
+    path: Path | str | None = None,
+    space: str | None = None,
+    check_files: bool = True,
+    templateflow_home: Path | str | None = None,
+    allow_network: bool = False,
+) -> Config:
     """Read and validate a YAML config (default: the packaged ``default.yaml``).
 
-    ``space`` (from the command line) overrides the file's ``space``.
+    ``space`` (from the command line) overrides the file's ``space``. With
+    ``check_files`` (the participant level) atlases are resolved to files
+    (:func:`resolve_atlases`) and every file must exist; the group level reads none.
     """
     path = packaged_config() if path is None else Path(path)
     if not path.is_file():
-        raise ConfigError(f"configuration file not found: {path}")
+        presets = list_presets()
+        close = difflib.get_close_matches(path.stem, presets, n=1)
+        hint = f"; did you mean the preset {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"configuration file not found: {path} (give a YAML file or a shipped preset: "
+            f"{', '.join(presets)}){hint}"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -262,8 +566,10 @@ def load_config(path: Path | str | None = None, space: str | None = None) -> Con
     if isinstance(data, dict) and space is not None:
         data["space"] = space
     config = parse_config(data, path.resolve().parent, str(path))
-    for atlas in config.atlases:
-        for key in ("image", "labels", "mask"):
+    if check_files:
+        config = resolve_atlases(config, path, templateflow_home, allow_network)
+    for atlas in config.applicable_atlases if check_files else []:
+        for key in ("image", "labels", "mask", "image_right"):
             p = getattr(atlas, key, None)
             if p is not None and not Path(p).is_file():
                 raise ConfigError(
@@ -275,8 +581,6 @@ def load_config(path: Path | str | None = None, space: str | None = None) -> Con
                 f"invalid configuration {path}: atlases.{atlas.name}.coordinates: not a file and "
                 f"not a built-in set ({', '.join(BUILTIN_COORDINATES)}): {coords}"
             )
-    from .confounds import unused_overrides
-
     unused = unused_overrides(config.denoise)
     if unused:  # nilearn's load_confounds_strategy ignores them too, with a warning
         log.warning(

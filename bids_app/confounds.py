@@ -24,6 +24,7 @@ import pandas as pd
 
 from .clean import butterworth_padlen
 from .errors import ConfigError, InputDataError
+from .presets import effective_parameters
 
 if TYPE_CHECKING:
     from .config import DenoiseConfig
@@ -54,52 +55,6 @@ LEGACY_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"MotionOutlier(\d+)", r"motion_outlier\1"),
 )
 
-# nilearn 0.14.1 presets (load_confounds_strategy); "none" is ours: no regressor
-# (unless global_signal or custom columns are asked for), non-steady-state
-# volumes still removed.
-PRESETS: dict[str, dict[str, Any]] = {
-    "simple": {
-        "strategy": ("high_pass", "motion", "wm_csf"),
-        "motion": "full",
-        "wm_csf": "basic",
-        "demean": True,
-    },
-    "scrubbing": {
-        "strategy": ("high_pass", "motion", "wm_csf", "scrub"),
-        "motion": "full",
-        "wm_csf": "full",
-        "scrub": 5,
-        "fd_threshold": 0.5,
-        "std_dvars_threshold": 1.5,
-        "demean": True,
-    },
-    "compcor": {
-        "strategy": ("high_pass", "motion", "compcor"),
-        "motion": "full",
-        "compcor": "anat_combined",
-        "n_compcor": "all",
-        "demean": True,
-    },
-    "ica_aroma": {
-        "strategy": ("high_pass", "wm_csf", "ica_aroma"),
-        "wm_csf": "basic",
-        "ica_aroma": "full",
-        "demean": True,
-    },
-    "none": {"strategy": (), "demean": True},
-}
-OVERRIDES = (
-    "motion",
-    "wm_csf",
-    "global_signal",
-    "scrub",
-    "fd_threshold",
-    "std_dvars_threshold",
-    "compcor",
-    "n_compcor",
-    "ica_aroma",
-    "demean",
-)
 _SUFFIXES = {
     "basic": (),
     "derivatives": ("derivative1",),
@@ -203,38 +158,6 @@ def read_confounds(
     return table, meta
 
 
-def unused_overrides(denoise: DenoiseConfig) -> list[str]:
-    """Overrides set in ``denoise`` that its strategy does not use (``global_signal`` fits all)."""
-    preset = PRESETS[denoise.strategy]
-    return [
-        key
-        for key in OVERRIDES
-        if getattr(denoise, key, None) is not None and key != "global_signal" and key not in preset
-    ]
-
-
-def effective_parameters(denoise: DenoiseConfig) -> dict[str, Any]:
-    """The ``load_confounds`` parameters of a config: preset values updated by the overrides.
-
-    An override that the preset does not use is ignored, as nilearn's
-    ``load_confounds_strategy`` does (the configuration loader warns about it).
-    ``global_signal`` may be set for any preset and adds the global signal
-    component. For ``ica_aroma`` the ``ica_aroma`` override is honoured
-    (``load_confounds`` meaning; ``load_confounds_strategy`` ignores it).
-    """
-    unused = set(unused_overrides(denoise))
-    params = dict(PRESETS[denoise.strategy])
-    params["strategy"] = tuple(params["strategy"])
-    for key in OVERRIDES:
-        value = getattr(denoise, key, None)
-        if value is None or key in unused:
-            continue
-        if key == "global_signal":
-            params["strategy"] += ("global_signal",)
-        params[key] = value
-    return params
-
-
 def _with_suffixes(bases: tuple[str, ...], model: str) -> list[str]:
     return list(bases) + [f"{b}_{s}" for b in bases for s in _SUFFIXES[model]]
 
@@ -308,11 +231,19 @@ def _scrub_outliers(
 
 
 def _custom_columns(table: pd.DataFrame, patterns: list[str], source: str) -> list[str]:
+    """Columns named by ``denoise.confounds``: exact names or full-match regular expressions,
+    matched against the current names and, for fMRIPrep 1.0/1.1 files, the names as written
+    (a user's ``X`` is the renamed ``trans_x``)."""
+    renamed = table.attrs.get("renamed") or {}
+    original = {new: old for old, new in renamed.items()}
     columns = [str(c) for c in table.columns]
     found: list[str] = []
     for pattern in patterns:
         if pattern in columns:
             found.append(pattern)
+            continue
+        if pattern in renamed:
+            found.append(renamed[pattern])
             continue
         try:
             regex = re.compile(pattern)
@@ -321,7 +252,7 @@ def _custom_columns(table: pd.DataFrame, patterns: list[str], source: str) -> li
                 f"denoise.confounds: {pattern!r} is neither a column name nor a valid regular "
                 f"expression ({err})"
             ) from None
-        matches = [c for c in columns if regex.fullmatch(c)]
+        matches = [c for c in columns if regex.fullmatch(c) or regex.fullmatch(original.get(c, c))]
         if not matches:
             raise InputDataError(
                 f"{source}: no confound column matches denoise.confounds entry {pattern!r}"
@@ -522,11 +453,8 @@ __all__ = [
     "ConfoundSelection",
     "LEGACY_NAMES",
     "LEGACY_PATTERNS",
-    "PRESETS",
     "read_confounds",
     "select_confounds",
-    "effective_parameters",
-    "unused_overrides",
     "exclusion_reason",
     "minimum_volumes",
     "normalize_names",

@@ -210,6 +210,7 @@ def build_demo(dest: Path | str, spec: DemoSpec | None = None) -> Path:
             {
                 "Name": "bids-connectome synthetic demo (fMRIPrep layout)",
                 "BIDSVersion": "1.9.0",
+                "Authors": ["bids-connectome developers", "bids-connectome-demo (synthetic data)"],
                 "DatasetType": "derivative",
                 "GeneratedBy": [
                     {
@@ -258,12 +259,13 @@ denoise:
   detrend: true
   standardize: zscore_sample
   high_pass: 0.01
-atlases:
-  - {{name: DemoGrid, kind: labels, image: atlas/atlas-DemoGrid_dseg.nii.gz, labels: atlas/atlas-DemoGrid_dseg.tsv}}
-  - {{name: DemoMaps, kind: maps, image: atlas/demo_maps.nii.gz}}
-  - {{name: DemoSeeds, kind: spheres, coordinates: atlas/demo_seeds.tsv, radius: 6}}
+atlases:  # made on the BOLD's template (space: checked against the BOLD space)
+  - {{name: DemoGrid, kind: labels, image: atlas/atlas-DemoGrid_dseg.nii.gz, labels: atlas/atlas-DemoGrid_dseg.tsv,
+     space: {SPACE}}}
+  - {{name: DemoMaps, kind: maps, image: atlas/demo_maps.nii.gz, space: {SPACE}}}
+  - {{name: DemoSeeds, kind: spheres, coordinates: atlas/demo_seeds.tsv, radius: 6, space: {SPACE}}}
   - {{name: DemoTmap, kind: regions, image: atlas/demo_tmap.nii.gz, threshold: 3.0,
-     extract_type: connected_components, min_region_size: 500}}
+     extract_type: connected_components, min_region_size: 500, space: {SPACE}}}
 connectivity:
   measures: [correlation, partialcorrelation]
   estimator: ledoit_wolf

@@ -110,7 +110,7 @@ def test_issue_contract_keys_are_accepted(tmp_path):
         ({"connectivity": {"measures": ["coherence"]}}, "unknown measure 'coherence'"),
         ({"connectivity": {"estimator": "oas"}}, "connectivity.estimator"),
         ({"atlases": []}, "atlases"),
-        ({"atlases": [dict(LABELS, kind="mesh")]}, "atlases.0"),
+        ({"atlases": [dict(LABELS, kind="mesh")]}, "atlases.Schaefer: kind must be one of"),
         ({"atlases": [LABELS, LABELS]}, "repeated: Schaefer"),
         ({"colour": "blue"}, "colour: unknown key"),
     ],
@@ -143,12 +143,24 @@ def test_space_override_and_builtin_coordinates(tmp_path):
     assert cfg.atlases[0].coordinates == "power2011"
 
 
-def test_digest_is_stable_and_sensitive():
-    a = parse_config({"atlases": [LABELS]}, Path("/x"))
-    b = parse_config({"atlases": [LABELS]}, Path("/x"))
-    c = parse_config({"atlases": [LABELS], "denoise": {"high_pass": 0.01}}, Path("/x"))
+def test_digest_is_stable_sensitive_and_independent_of_folders(tmp_path):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "atlas.nii.gz").write_bytes(b"same bytes")
+    a = parse_config({"atlases": [LABELS]}, tmp_path / "x")
+    b = parse_config({"atlases": [LABELS]}, tmp_path / "y")  # same file content elsewhere
+    c = parse_config({"atlases": [LABELS], "denoise": {"high_pass": 0.01}}, tmp_path / "x")
     assert isinstance(a, Config)
     assert a.digest() == b.digest() != c.digest()
+    (tmp_path / "y" / "atlas.nii.gz").write_bytes(b"other bytes")
+    assert parse_config({"atlases": [LABELS]}, tmp_path / "y").digest() != a.digest()
+    # tangent is a group-level measure: not part of the participant-level hash
+    t = parse_config(
+        {"atlases": [LABELS], "connectivity": {"measures": ["correlation", "tangent"]}},
+        tmp_path / "x",
+    )
+    assert t.digest(participant_only=True) == a.digest(participant_only=True)
+    assert t.digest() != a.digest()
 
 
 def test_override_the_strategy_does_not_use_is_ignored_with_a_warning(tmp_path, caplog):

@@ -15,13 +15,12 @@ import pytest
 from bids_app.config import DenoiseConfig
 from bids_app.confounds import (
     LEGACY_NAMES,
-    effective_parameters,
     exclusion_reason,
     read_confounds,
     select_confounds,
-    unused_overrides,
 )
-from bids_app.errors import ConfigError, InputDataError
+from bids_app.errors import InputDataError
+from bids_app.presets import effective_parameters, unused_overrides
 
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 BOLD = "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
@@ -279,10 +278,9 @@ def test_custom_columns_names_and_regex():
         select_confounds(
             table, meta, DenoiseConfig(strategy="none", confounds=["respiration"]), 50, "c.tsv"
         )
-    with pytest.raises(ConfigError, match="regular expression"):
-        select_confounds(
-            table, meta, DenoiseConfig(strategy="none", confounds=["(csf"]), 50, "c.tsv"
-        )
+    # an invalid regular expression is a configuration error, found before any work
+    with pytest.raises(ValueError, match="nor a valid regular expression"):
+        DenoiseConfig(strategy="none", confounds=["(csf"])
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -297,6 +297,7 @@ def test_atlas_source_pickles(atlas_files, tmp_path):
     src = extract.load_atlas(atlas_cfg(name="M", kind="maps", image=str(folder / "maps.nii.gz")))
     back = pickle.loads(pickle.dumps(src))
     assert back.region_names == src.region_names and (back.maps != src.maps).nnz == 0
+    assert len(src.digest) == 64 and back.digest == src.digest
 
 
 def test_regions_from_a_statistical_map(bold, tmp_path):

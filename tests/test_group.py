@@ -13,7 +13,7 @@ import pytest
 
 from bids_app import connect, naming
 from bids_app.config import parse_config
-from bids_app.errors import InputDataError, NoInputError, NothingSelectedError
+from bids_app.errors import NoInputError, NothingSelectedError
 from bids_app.group import run_group
 from bids_app.naming import measure_label
 from bids_app.write import read_tsv, write_json, write_tsv
@@ -71,11 +71,23 @@ def series(rng, n_volumes: int, fd: float, artifact: float) -> np.ndarray:
     return x
 
 
+RECORDED = {"atlases": [{"name": "Nets", "image": "sha256:" + "ab" * 32}]}  # no atlas file
+
+
+def configuration_hash(config) -> str:
+    return "sha256:" + config.digest(participant_only=True, recorded=RECORDED)
+
+
 def build_outputs(out: Path, spec: Spec) -> dict[str, float]:
     """Participant outputs exactly as the participant level names and writes them."""
     rng = np.random.default_rng(spec.seed)
     config = make_config(spec)
     desc = config.denoise.name
+    chash = configuration_hash(config)
+    write_json(
+        naming.config_path(out, desc),
+        naming.configuration_record(config.canonical(recorded=RECORDED), chash, {}),
+    )
     lut = pd.DataFrame({"index": np.arange(1, N_REGIONS + 1), "name": REGIONS})
     lut[["x", "y", "z"]] = coordinates()
     write_tsv(naming.atlas_lut_path(out, "Nets"), lut)
@@ -102,18 +114,24 @@ def build_outputs(out: Path, spec: Spec) -> dict[str, float]:
                     "Excluded": excluded,
                     "ExclusionReason": "too few volumes left" if excluded else None,
                     "Task": "rest",
+                    "ConfigurationHash": chash,
                 }
                 write_json(naming.participant_path(out, ents, "qc", ".json", desc=desc), qc)
                 if excluded:
                     continue
                 ts = series(rng, spec.n_volumes, run_fd, spec.artifact)
+                missing = []
                 if sub == "05" and ses == spec.sessions[0]:
                     ts[:, 7] = np.nan  # region n/a in this session (e.g. outside the FOV)
+                    missing = [REGIONS[7]]
                 ts_path = naming.participant_path(
                     out, ents, "timeseries", ".tsv", atlas="Nets", desc=desc
                 )
                 write_tsv(ts_path, pd.DataFrame(ts, columns=REGIONS))
-                write_json(ts_path.with_suffix(".json"), {"Columns": REGIONS})
+                write_json(
+                    ts_path.with_suffix(".json"),
+                    {"Columns": REGIONS, "MissingRegions": missing, "ConfigurationHash": chash},
+                )
                 unit = {
                     "run": ents,
                     "session": {k: v for k, v in ents.items() if k != "run"},
@@ -140,6 +158,7 @@ def build_outputs(out: Path, spec: Spec) -> dict[str, float]:
                         {
                             "RelationshipMeasure": measure,
                             "CovarianceEstimator": est,
+                            "ConfigurationHash": chash,
                             **extra,
                         },
                     )
@@ -162,7 +181,7 @@ def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("group") / "derivatives"
     spec = Spec()
     fds = build_outputs(out, spec)
-    written = run_group(out, make_config(spec))
+    written = run_group(out, make_config(spec)).written
     return out, spec, fds, written
 
 
@@ -289,7 +308,7 @@ def test_rerun_is_byte_identical(dataset, tmp_path):
     out, spec, _, written = dataset
     again = tmp_path / "again"
     build_outputs(again, spec)
-    written_again = run_group(again, make_config(spec))
+    written_again = run_group(again, make_config(spec)).written
     assert [p.relative_to(again) for p in written_again] == [p.relative_to(out) for p in written]
     assert tree_digest(again / "group") == tree_digest(out / "group")
     assert written == sorted(written)
@@ -308,7 +327,7 @@ def test_subject_aggregate_and_several_estimators(tmp_path):
     build_outputs(out, spec)
     lut = naming.atlas_lut_path(out, "Nets")
     write_tsv(lut, read_tsv(lut)[["index", "name"]])  # no coordinates: no distance dependence
-    written = {p.name for p in run_group(out, make_config(spec))}
+    written = {p.name for p in run_group(out, make_config(spec)).written}
     for label in ("correlationLedoitwolf", "correlationEmpirical", "tangentEmpirical"):
         assert f"{STEM}_meas-{label}_desc-simple_relmat.tsv" in written
         assert f"{STEM}_meas-{label}_desc-simple_relmats.npy" in written
@@ -333,18 +352,23 @@ def test_filters_and_missing_inputs(dataset, tmp_path):
         run_group(out, make_config(spec), participants=["42"])
     sub = tmp_path / "subset"
     build_outputs(sub, Spec(n_subjects=3, sessions=("1",), runs=(None,), seed=2))
-    run_group(sub, make_config(spec, tangent=False), participants=["01", "02"])
-    index = read_tsv(sub / "group" / f"{STEM}_meas-correlation_desc-simple_relmats.tsv")
+    result = run_group(sub, make_config(spec, tangent=False), participants=["01", "02"])
+    assert result.folder.parent == sub / "group" and result.folder.name.startswith("subset-")
+    index = read_tsv(result.folder / f"{STEM}_meas-correlation_desc-simple_relmats.tsv")
     assert index["participant_id"].tolist() == ["sub-01", "sub-02"]
     assert index["run"].isna().all()
-    assert not (sub / "group" / f"{STEM}_meas-correlation_desc-simple_qcfc.tsv").exists()
+    assert not (result.folder / f"{STEM}_meas-correlation_desc-simple_qcfc.tsv").exists()
 
 
-def test_mismatched_regions_fail_clearly(tmp_path):
+def test_mismatched_regions_are_left_out_clearly(tmp_path, caplog):
     spec = Spec(n_subjects=3, sessions=("1",), runs=(None,))
     build_outputs(tmp_path, spec)
     bad = next(tmp_path.glob("sub-02/ses-1/func/*meas-correlation*_relmat.tsv"))
     frame = read_tsv(bad)
     write_tsv(bad, frame.rename(columns={REGIONS[0]: "Other"}))
-    with pytest.raises(InputDataError, match="regions differ"):
-        run_group(tmp_path, make_config(spec, tangent=False))
+    result = run_group(tmp_path, make_config(spec, tangent=False))
+    assert "regions differ" in caplog.text and bad.name in caplog.text
+    assert result.exit_code == 1
+    assert result.left_out == [bad.relative_to(tmp_path).as_posix()]
+    index = read_tsv(tmp_path / "group" / f"{STEM}_meas-correlation_desc-simple_relmats.tsv")
+    assert index["participant_id"].tolist() == ["sub-01"]  # sub-03's only run is excluded

@@ -28,17 +28,18 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
+    """Every file's hash; ``logs/`` (one timestamped log per invocation) left out."""
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != "logs"
     }
 
 
 @pytest.fixture(scope="module")
 def outputs(demo, tmp_path_factory) -> Path:
     bids, config = demo
-    out = tmp_path_factory.mktemp("out") / "derivatives"
+    out = tmp_path_factory.mktemp("out") / "derivatives"  # same depth as tmp_path / "again"
     before = tree_digest(bids)
     assert main([str(bids), str(out), "participant", "--config", str(config)]) == 0
     assert main([str(bids), str(out), "group", "--config", str(config)]) == 0
@@ -55,8 +56,16 @@ def test_dataset_description(outputs, demo):
         and gen["Version"]
         and gen["CodeURL"].startswith("https://")
     )
-    assert gen["ConfigurationHash"].startswith("sha256:") and len(gen["ConfigurationHash"]) == 71
     assert desc["SourceDatasets"][0]["Name"].startswith("bids-connectome synthetic demo")
+    link = desc["DatasetLinks"]["fmriprep"]
+    assert (outputs / link).resolve() == demo[0].resolve()  # bids:fmriprep: URIs resolve
+    record = json.loads((outputs / "code/bids-connectome/desc-simple_config.json").read_text())
+    assert (
+        record["ConfigurationHash"].startswith("sha256:") and len(record["ConfigurationHash"]) == 71
+    )
+    assert record["Configuration"]["denoise"]["name"] == "simple"
+    side = next(outputs.rglob("*_timeseries.json"))
+    assert json.loads(side.read_text())["ConfigurationHash"] == record["ConfigurationHash"]
 
 
 def test_participant_files_names_headers_symmetry(outputs):
@@ -72,7 +81,7 @@ def test_participant_files_names_headers_symmetry(outputs):
             assert list(ts.columns) == list(lut["name"])  # region names, ascending label value
             side = json.loads(ts_path.with_suffix(".json").read_text())
             assert side["SamplingFrequency"] == pytest.approx(0.5)
-            assert len(ts) == len(side["VolumesKept"]) == 58  # 2 non-steady-state volumes removed
+            assert len(ts) == len(side["SampleMask"]) == 58  # 2 non-steady-state volumes removed
             assert side["NonSteadyStateVolumes"] == [0, 1]
             assert any(c.startswith("trans_x") for c in side["ConfoundRegressors"])
             np.testing.assert_allclose(ts.mean(), 0, atol=1e-7)  # zscore_sample
@@ -184,7 +193,8 @@ def test_aggregate_session_and_subject(tmp_path):
         runs = meta["Runs"]
         assert len(runs) == (2 if level == "session" else 4)
         assert meta["VolumesUsed"] == sum(r["volumes"] for r in runs) == 38 * len(runs)
-        frames = [read_tsv(out / r["timeseries"]) for r in runs]
+        assert all(r["timeseries"].startswith("bids::sub-01/") for r in runs)
+        frames = [read_tsv(out / r["timeseries"].removeprefix("bids::")) for r in runs]
         stacked = pd.concat(frames).to_numpy()
         matrix = read_tsv(out / rel[0]).to_numpy()
         assert np.corrcoef(stacked.T)[0, 1] == pytest.approx(matrix[0, 1], abs=0.05)

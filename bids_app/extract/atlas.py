@@ -2,12 +2,15 @@
 
 An :class:`AtlasSource` holds what one configured atlas needs, independent of
 any BOLD grid: label arrays, sparse map weights or sphere seeds, in the
-atlas's own space. It is picklable (sent once to every worker process).
-Operators for a given BOLD grid are built by :func:`bids_app.extract.prepare`.
+atlas's own space, and a content digest of its inputs. It is picklable (sent
+once to every worker process). Operators for a given BOLD grid are built by
+:func:`bids_app.extract.prepare`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,12 +20,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import scipy.linalg
 from nibabel.affines import apply_affine
-from scipy import ndimage, sparse
+from scipy import sparse
 
 from ..errors import ConfigError, InputDataError
-from . import regions as _regions
 from .stream import VolumeReader, load_image
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class AtlasSource:
     outputs
         Images to write once to the outputs, by BIDS suffix (``regions``: the
         extracted region maps as ``probseg``).
+    digest
+        SHA-256 (hex) of the atlas inputs, computed once by :func:`load_atlas`: the
+        bytes of every input file (image, labels table, atlas mask, coordinates
+        table or built-in set) and every config option except ``name`` and
+        ``min_coverage`` (see :func:`atlas_digest`). Empty for a source built by
+        hand: such a source is never cached.
     """
 
     name: str
@@ -53,6 +60,7 @@ class AtlasSource:
     outputs: dict[str, Any] = field(default_factory=dict)
     min_coverage: float | None = None
     source: str = ""
+    digest: str = ""
     # labels
     labels: np.ndarray | None = None  # int32, own grid
     label_ids: np.ndarray | None = None  # label value of each region (LUT order)
@@ -167,12 +175,22 @@ def unique_names(names: list[str], index: list[Any]) -> list[str]:
     return [f"{n}_{i}" if counts[n] > 1 else n for n, i in zip(names, index, strict=True)]
 
 
+BUILTIN_COORDINATES = ("power2011", "dosenbach2010", "seitzman2018")
+
+
+def _builtin_coordinates(spec: str | Path):
+    """The packaged table of a built-in coordinate set, or None."""
+    builtin = str(spec).lower()
+    if builtin not in BUILTIN_COORDINATES:
+        return None
+    return resources.files("bids_app.data").joinpath("coords", f"{builtin}.tsv")
+
+
 def read_coordinates(spec: str | Path) -> pd.DataFrame:
     """Seeds of a built-in set (``power2011``, ``dosenbach2010``, ``seitzman2018``) or a
     TSV/CSV file with ``x``, ``y``, ``z`` columns (+ optional ``name``, ``index``, ...)."""
-    builtin = str(spec).lower()
-    if builtin in ("power2011", "dosenbach2010", "seitzman2018"):
-        ref = resources.files("bids_app.data").joinpath("coords", f"{builtin}.tsv")
+    ref = _builtin_coordinates(spec)
+    if ref is not None:
         with resources.as_file(ref) as path:
             table = pd.read_csv(path, sep="\t")
         return table
@@ -198,6 +216,58 @@ def read_coordinates(spec: str | Path) -> pd.DataFrame:
     if net_col:
         out["network"] = frame[net_col].to_numpy()
     return out
+
+
+# --- content digest ---------------------------------------------------------------------------
+
+# Config options that do not change an atlas's regions (voxels, weights, seeds).
+_DIGEST_EXCLUDED = ("name", "min_coverage")
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError as err:
+        raise InputDataError(f"{path}: cannot read the file: {err}") from None
+    return h.hexdigest()
+
+
+def _config_items(cfg) -> dict[str, Any]:
+    if hasattr(cfg, "model_dump"):
+        return {k: getattr(cfg, k) for k in type(cfg).model_fields}
+    return dict(vars(cfg))
+
+
+def atlas_digest(cfg) -> str:
+    """Content digest (SHA-256 hex) of one configured atlas.
+
+    Covers the bytes of every input file (paths are replaced by the digest of
+    their content, so a moved or renamed file keeps its digest; a built-in
+    coordinate set by its packaged table) and every other option of the config
+    entry except ``name`` and ``min_coverage``, which do not change the regions.
+    """
+    payload: dict[str, Any] = {}
+    for key, value in sorted(_config_items(cfg).items()):
+        if key in _DIGEST_EXCLUDED:
+            continue
+        if key == "coordinates" and value is not None:
+            ref = _builtin_coordinates(value)
+            if ref is not None:
+                value = {
+                    "builtin": str(value).lower(),
+                    "sha256": hashlib.sha256(ref.read_bytes()).hexdigest(),
+                }
+            else:
+                value = {"sha256": file_digest(value)}
+        elif isinstance(value, Path):
+            value = {"sha256": file_digest(value)}
+        payload[key] = value
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -233,6 +303,8 @@ def transform_to(src_affine: np.ndarray, tgt_affine: np.ndarray) -> tuple[np.nda
     if np.all(src_affine == tgt_affine):
         t = np.eye(4)
     else:
+        import scipy.linalg  # deferred: keeps ``import bids_app.extract`` light
+
         t = np.dot(scipy.linalg.inv(src_affine), tgt_affine)
     a, b = t[:3, :3], t[:3, 3]
     if np.all(np.diag(np.diag(a)) == a):
@@ -250,6 +322,8 @@ def resample(
     """A 3D array on another grid (scipy ``affine_transform``, constant 0 outside, dtype kept)."""
     if same_grid(data.shape, src_affine, tgt_shape, tgt_affine):
         return data
+    from scipy import ndimage
+
     a, b = transform_to(src_affine, tgt_affine)
     out = np.zeros(tuple(tgt_shape[:3]), dtype=data.dtype)
     ndimage.affine_transform(
@@ -282,16 +356,64 @@ def make_lut(index, names: list[str], centres: np.ndarray, **extra) -> pd.DataFr
     return pd.DataFrame({**columns, "z": centres[:, 2], **extra})
 
 
+# Largest value range for which labels are mapped with a lookup table (else sorting).
+_MAX_LUT_RANGE = 1 << 24
+
+
+def present_labels(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (``np.unique``, counting when the range is small)."""
+    flat = labels.reshape(-1, order="A")
+    if flat.size == 0:
+        return np.unique(flat)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo >= _MAX_LUT_RANGE:
+        return np.unique(flat)
+    counts = np.bincount(flat - lo if lo else flat, minlength=hi - lo + 1)
+    return (np.flatnonzero(counts) + lo).astype(labels.dtype)
+
+
+def label_positions(flat: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each value of ``flat``, its position in the sorted distinct ``ids`` (-1 if absent)."""
+    ids = np.asarray(ids)
+    if len(ids) == 0 or flat.size == 0:
+        return np.full(flat.shape, -1, dtype=np.int64)
+    lo = min(int(flat.min()), int(ids[0]))
+    hi = max(int(flat.max()), int(ids[-1]))
+    if hi - lo < _MAX_LUT_RANGE:
+        table = np.full(hi - lo + 1, -1, dtype=np.int64)
+        table[ids.astype(np.int64) - lo] = np.arange(len(ids))
+        return table[flat.astype(np.int64) - lo if lo else flat]
+    pos = np.searchsorted(ids, flat)
+    pos[pos == len(ids)] = 0
+    return np.where(ids[pos] == flat, pos, -1)
+
+
 def label_centroids(labels: np.ndarray, affine: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """World centroid (mean voxel position) of each label value in ``ids`` (NaN if absent)."""
+    """World centroid (mean voxel position) of each label value in ``ids`` (NaN if absent).
+
+    ``ids`` are sorted and distinct. Voxel index sums are integers, exact in float64, so
+    the result equals ``scipy.ndimage.center_of_mass`` bit for bit.
+    """
+    ids = np.asarray(ids)
+    flat = labels.reshape(-1, order="F")
+    key = label_positions(flat, ids)
+    sel = np.flatnonzero(key >= 0)
+    key = key[sel]
+    nx, ny = labels.shape[0], labels.shape[1]
+    rest, i = np.divmod(sel, nx)
+    k, j = np.divmod(rest, ny)
+    n = len(ids)
+    counts = np.bincount(key, minlength=n).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ijk = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, ids), dtype=float)
+        ijk = np.column_stack(
+            [np.bincount(key, weights=axis, minlength=n) / counts for axis in (i, j, k)]
+        )
     return apply_affine(affine, ijk.reshape(-1, 3))
 
 
 def _load_labels(cfg) -> AtlasSource:
     labels, affine = _labels_array(cfg.image)
-    present = np.unique(labels)
+    present = present_labels(labels)
     ids = present[present != cfg.background_label]
     names: dict[int, str] = {}
     if cfg.labels is not None:
@@ -343,29 +465,74 @@ def maps_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64 if np.dtype(dtype).itemsize >= 8 else np.float32)
 
 
-def maps_to_sparse(volumes, n_voxels: int, dtype: np.dtype | None = None) -> sparse.csc_matrix:
-    """Stack flat (Fortran-order) map volumes into a (voxels x maps) CSC matrix.
+def map_centre(
+    idx: np.ndarray,
+    vals: np.ndarray,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    integer_valued: bool = False,
+) -> np.ndarray:
+    """World centre of mass of ``|w|`` of one map given as flat (Fortran) indices and values.
 
-    ``dtype`` None: the float type nilearn would use for the first volume's type.
+    NaN for an all-zero map. Index sums are accumulated in voxel order (``np.cumsum``),
+    the total weight with numpy's pairwise sum. ``integer_valued``: the values are
+    known to be whole numbers (an integer image), so that index sums below 2**52 are
+    exact in any order and numpy's (faster) pairwise sum gives the same bits.
     """
+    w = np.abs(vals.astype(float))
+    total = w.sum()
+    if total <= 0:
+        return np.full(3, np.nan)
+    rest, i = np.divmod(idx, shape[0])
+    k, j = np.divmod(rest, shape[1])
+    if integer_valued and total * max(shape[:3]) < 2.0**52:
+        sums = np.array([(axis * w).sum() for axis in (i, j, k)])
+    else:
+        sums = np.array([np.cumsum(axis * w)[-1] for axis in (i, j, k)])
+    return apply_affine(affine, sums / total)
+
+
+def _sparse_maps(
+    volumes, n_voxels: int, dtype: np.dtype | None = None, grid: tuple | None = None
+) -> tuple[sparse.csc_matrix, np.ndarray | None]:
+    """:func:`maps_to_sparse`, and each map's centre (:func:`map_centre`) if ``grid`` =
+    ``(shape, affine)`` is given, computed volume by volume while the values are at hand."""
     indptr = [0]
-    indices, values = [], []
+    indices, values, centres = [], [], []
     for vol in volumes:
         vol = np.asarray(vol)
         if dtype is None:
             dtype = maps_dtype(vol.dtype)
-        vol = vol.astype(dtype, copy=False)
-        vol = np.where(np.isfinite(vol), vol, 0) if vol.dtype.kind == "f" else vol
-        nz = np.flatnonzero(vol)
-        indices.append(nz.astype(np.int64))
-        values.append(vol[nz].astype(dtype, copy=True))
+        nz = np.flatnonzero(vol != 0)  # NaN counts as non-zero here, dropped below
+        vals = vol[nz].astype(dtype, copy=False)  # vol[nz] is already a copy
+        if vals.dtype.kind == "f":
+            ok = np.isfinite(vals) & (vals != 0)  # also drops values that underflow to 0
+            if not ok.all():
+                nz, vals = nz[ok], vals[ok]
+        indices.append(nz)
+        values.append(vals)
         indptr.append(indptr[-1] + len(nz))
+        if grid is not None:
+            centres.append(map_centre(nz, vals, *grid, integer_valued=vol.dtype.kind in "iub"))
+    centres_arr = np.array(centres, dtype=float).reshape(-1, 3) if grid is not None else None
     if not values:
-        return sparse.csc_matrix((n_voxels, 0), dtype=dtype or np.float32)
-    return sparse.csc_matrix(
+        return sparse.csc_matrix((n_voxels, 0), dtype=dtype or np.float32), centres_arr
+    maps = sparse.csc_matrix(
         (np.concatenate(values), np.concatenate(indices), np.asarray(indptr, dtype=np.int64)),
         shape=(n_voxels, len(indptr) - 1),
     )
+    return maps, centres_arr
+
+
+def maps_to_sparse(volumes, n_voxels: int, dtype: np.dtype | None = None) -> sparse.csc_matrix:
+    """Stack flat (Fortran-order) map volumes into a (voxels x maps) CSC matrix.
+
+    ``dtype`` None: the float type nilearn would use for the first volume's type.
+    Values are converted to ``dtype``; non-finite values count as 0. Each volume
+    is scanned once (a boolean test, then only its non-zero values are touched),
+    so a volume may be a reused buffer.
+    """
+    return _sparse_maps(volumes, n_voxels, dtype)[0]
 
 
 def maps_centres(maps: sparse.csc_matrix, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -373,11 +540,7 @@ def maps_centres(maps: sparse.csc_matrix, shape: tuple[int, ...], affine: np.nda
     out = np.full((maps.shape[1], 3), np.nan)
     for k in range(maps.shape[1]):
         sl = slice(maps.indptr[k], maps.indptr[k + 1])
-        w = np.abs(maps.data[sl].astype(float))
-        if w.sum() <= 0:
-            continue
-        ijk = np.column_stack(np.unravel_index(maps.indices[sl], shape, order="F"))
-        out[k] = apply_affine(affine, (ijk * w[:, None]).sum(0) / w.sum())
+        out[k] = map_centre(maps.indices[sl], maps.data[sl], shape, affine)
     return out
 
 
@@ -402,12 +565,11 @@ def _maps_names(cfg, n_maps: int) -> list[str]:
 
 def _load_maps(cfg) -> AtlasSource:
     reader = VolumeReader(cfg.image)
-    maps = maps_to_sparse(iter(reader), reader.n_voxels)
+    maps, centres = _sparse_maps(iter(reader), reader.n_voxels, grid=(reader.shape3, reader.affine))
     dtype = maps.dtype
     if maps.shape[1] == 0 or maps.nnz == 0:
         raise InputDataError(f"{cfg.image}: the maps image is empty (all zeros)")
     names = _maps_names(cfg, maps.shape[1])
-    centres = maps_centres(maps, reader.shape3, reader.affine)
     lut = make_lut(np.arange(maps.shape[1]), names, centres)
     return AtlasSource(
         name=cfg.name,
@@ -424,6 +586,8 @@ def _load_maps(cfg) -> AtlasSource:
 
 
 def _load_regions(cfg) -> AtlasSource:
+    from . import regions as _regions  # scipy.ndimage, skimage: only for this kind
+
     img = load_image(cfg.image, "statistical map")
     data = np.asanyarray(img.dataobj)
     if data.ndim == 3:
@@ -516,4 +680,6 @@ def load_atlas(cfg) -> AtlasSource:
     }
     if cfg.kind not in loaders:
         raise ConfigError(f"atlases.{cfg.name}: unknown kind {cfg.kind!r}")
-    return loaders[cfg.kind](cfg)
+    src = loaders[cfg.kind](cfg)
+    src.digest = atlas_digest(cfg)
+    return src

@@ -14,7 +14,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from .stream import smooth_volume, smoothing_sigmas
 
@@ -56,6 +55,8 @@ def threshold_maps(
     ``data`` is 3D or 4D; non-finite values count as 0. Surviving voxels keep
     their values.
     """
+    from scipy import ndimage  # deferred: keeps ``import bids_app.extract`` light
+
     arr = np.array(data, copy=True)
     if arr.dtype.kind == "f":
         arr[~np.isfinite(arr)] = 0
@@ -89,6 +90,8 @@ def peak_mask(
 ) -> np.ndarray:
     """Voxels that are the maximum of their ``(2 min_distance + 1)``-wide cube (zero padded)
     and exceed ``max(threshold_rel * max, threshold_abs)``."""
+    from scipy import ndimage  # deferred: keeps ``import bids_app.extract`` light
+
     if np.all(image == image.flat[0]):
         return np.zeros(image.shape, dtype=bool)
     local_max = ndimage.maximum_filter(image, size=2 * min_distance + 1, mode="constant", cval=0)
@@ -105,6 +108,7 @@ def _grow_seeds(data: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     are made inactive first; if nothing is left to segment, the seeds are
     returned unchanged.
     """
+    from scipy import ndimage  # deferred: keeps ``import bids_app.extract`` light
     from skimage.segmentation import random_walker
 
     if (seeds != 0).all() or (seeds == 0).all():
@@ -131,6 +135,8 @@ def split_map(
     smoothing_fwhm: float | None = 6.0,
 ) -> np.ndarray:
     """Integer region labels of one map (0: no region)."""
+    from scipy import ndimage  # deferred: keeps ``import bids_app.extract`` light
+
     if extract_type == "connected_components":
         labels, _ = ndimage.label(map3d != 0)
         return labels

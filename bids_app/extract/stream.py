@@ -16,7 +16,6 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
-from scipy import ndimage
 
 from ..errors import InputDataError
 
@@ -164,6 +163,8 @@ def smooth_volume(vol: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     Integer volumes are converted to float32 (float64 for 64-bit integers); the
     caller must have replaced non-finite values by 0.
     """
+    from scipy import ndimage  # deferred: keeps ``import bids_app.extract`` light
+
     if vol.dtype.kind in "iu":
         vol = vol.astype(np.float64 if vol.dtype.itemsize == 8 else np.float32)
     return ndimage.gaussian_filter(vol, sigmas, output=vol)

@@ -1,0 +1,456 @@
+"""Bad inputs: each gives a clear error or warning naming the file (or key), the documented exit
+code, no traceback, no partial output; one bad run never stops the others."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bids_app.cli import main
+from bids_app.demo import DemoSpec, build_demo
+from bids_app.write import read_tsv, write_tsv
+
+pytestmark = pytest.mark.slow
+STEM = "task-rest_space-MNI152NLin2009cAsym_res-2"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, Path]:
+    dest = tmp_path_factory.mktemp("rel")
+    config = build_demo(dest, DemoSpec(n_subjects=3, n_sessions=1, n_runs=1, n_volumes=50, seed=7))
+    data = yaml.safe_load(config.read_text())
+    data["atlases"] = data["atlases"][:3]  # labels, maps, spheres: fast
+    small = config.with_name("small.yaml")
+    small.write_text(yaml.safe_dump(data))
+    return dest / "fmriprep", small
+
+
+@pytest.fixture
+def bids(demo, tmp_path) -> Path:
+    return Path(shutil.copytree(demo[0], tmp_path / "fmriprep"))
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def variant(config: Path, tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(config.read_text())
+    edit(data)
+    for atlas in data["atlases"]:  # absolute paths: the variant lives elsewhere
+        for key in ("image", "labels", "coordinates"):
+            if key in atlas and not str(atlas[key]).startswith("/") and "/" in str(atlas[key]):
+                atlas[key] = str(config.parent / atlas[key])
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def outputs_of(out: Path, sub: str) -> list[str]:
+    return sorted(p.name for p in out.glob(f"sub-{sub}/func/*") if not p.name.startswith("."))
+
+
+# --- silent wrong results -------------------------------------------------------------------------
+
+
+def test_ica_aroma_full_denoises_the_aroma_series(demo, bids, tmp_path, capsys):
+    func = bids / "sub-01" / "func"
+    preproc = func / f"sub-01_{STEM}_desc-preproc_bold.nii.gz"
+    import nibabel as nib
+
+    img = nib.load(preproc)
+    data = np.asanyarray(img.dataobj)
+    rng = np.random.default_rng(0)
+    aroma = np.round(data + 20 * rng.standard_normal(data.shape).astype(np.float32) * (data > 0))
+    nib.save(
+        nib.Nifti1Image(aroma.astype(np.float32), img.affine, img.header),
+        func / f"sub-01_{STEM}_desc-smoothAROMAnonaggr_bold.nii.gz",
+    )
+    shutil.copy(
+        func / f"sub-01_{STEM}_desc-preproc_bold.json",
+        func / f"sub-01_{STEM}_desc-smoothAROMAnonaggr_bold.json",
+    )
+    config = variant(
+        demo[1], tmp_path, lambda d: d.update(denoise={"name": "aroma", "strategy": "ica_aroma"})
+    )
+    out = tmp_path / "out"
+    code, err = run(
+        capsys, bids, out, "participant", "--config", config, "--participant-label", "01"
+    )
+    assert code == 0, err
+    side = json.loads(
+        next(out.glob("sub-01/func/*DemoGrid_desc-aroma_timeseries.json")).read_text()
+    )
+    assert any("desc-smoothAROMAnonaggr_bold" in s for s in side["Sources"])
+    assert not any("desc-preproc_bold" in s for s in side["Sources"])
+    # the same command with the 'basic' AROMA variant uses the preproc series
+    basic = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d.update(
+            denoise={
+                "name": "aroma",
+                "strategy": "ica_aroma",
+                "ica_aroma": "basic",
+                "confounds": [],
+            }
+        ),
+    )
+    table = read_tsv(next(func.glob("*_desc-confounds_timeseries.tsv")))
+    table["aroma_motion_01"] = rng.standard_normal(len(table))
+    write_tsv(next(func.glob("*_desc-confounds_timeseries.tsv")), table)
+    code, err = run(
+        capsys,
+        bids,
+        tmp_path / "out2",
+        "participant",
+        "--config",
+        basic,
+        "--participant-label",
+        "01",
+    )
+    assert code == 0, err
+    side = json.loads(
+        next(
+            (tmp_path / "out2").glob("sub-01/func/*DemoGrid_desc-aroma_timeseries.json")
+        ).read_text()
+    )
+    assert any("desc-preproc_bold" in s for s in side["Sources"])
+
+
+@pytest.mark.parametrize("value", [-2, 0, "2s", None, True, "nan"])
+def test_bad_repetition_time_fails_its_run_naming_the_sidecar(demo, bids, tmp_path, capsys, value):
+    side = bids / "sub-02" / "func" / f"sub-02_{STEM}_desc-preproc_bold.json"
+    meta = json.loads(side.read_text())
+    meta["RepetitionTime"] = float("nan") if value == "nan" else value
+    side.write_text(json.dumps(meta) if value != "nan" else json.dumps(meta).replace("NaN", "NaN"))
+    out = tmp_path / "out"
+    code, err = run(capsys, bids, out, "participant", "--config", demo[1])
+    assert code == 65
+    assert side.name in err and "RepetitionTime" in err
+    assert outputs_of(out, "01") and outputs_of(out, "03") and not outputs_of(out, "02")
+
+
+def test_low_pass_above_nyquist_warns(demo, bids, tmp_path, capsys):
+    config = variant(demo[1], tmp_path, lambda d: d["denoise"].update(low_pass=0.3, high_pass=0.01))
+    code, err = run(
+        capsys,
+        bids,
+        tmp_path / "out",
+        "participant",
+        "--config",
+        config,
+        "--participant-label",
+        "01",
+    )
+    assert code == 0
+    assert "denoise.low_pass 0.3 Hz is at or above the Nyquist frequency 0.25 Hz" in err
+    assert "RepetitionTime 2 s" in err
+    config = variant(demo[1], tmp_path, lambda d: d["denoise"].update(high_pass=0.3))
+    code, err = run(
+        capsys,
+        bids,
+        tmp_path / "out2",
+        "participant",
+        "--config",
+        config,
+        "--participant-label",
+        "01",
+    )
+    assert code == 65 and "denoise.high_pass 0.3 Hz" in err
+
+
+def test_regions_threshold_string_must_be_a_percentage(demo, tmp_path, capsys):
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["atlases"].append(
+            {
+                "name": "Tmap",
+                "kind": "regions",
+                "image": "atlas/demo_tmap.nii.gz",
+                "threshold": "97",
+            }
+        ),
+    )
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", config)
+    assert code == 64
+    assert "atlases.Tmap.threshold: the string '97' is not a percentile" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert run(capsys, demo[0], out, "participant", "--config", demo[1])[0] == 0
+    qc = next(out.glob("sub-02/func/*_qc.json"))
+    qc.unlink()
+    code, _ = run(capsys, demo[0], out, "group", "--config", demo[1])
+    assert code == 0
+    assert "no usable *_qc.json" in caplog.text and "sub-02" in caplog.text
+    table = read_tsv(out / "group" / "task-rest_desc-simple_qc.tsv")
+    assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
+
+
+# --- tracebacks ---------------------------------------------------------------------------------
+
+
+def test_unknown_filter_entity_exit_64_with_close_match(demo, tmp_path, capsys):
+    filt = tmp_path / "filter.json"
+    filt.write_text(json.dumps({"bold": {"acquisiton": "mb"}}))
+    code, err = run(
+        capsys,
+        demo[0],
+        tmp_path / "out",
+        "participant",
+        "--config",
+        demo[1],
+        "--bids-filter-file",
+        filt,
+    )
+    assert code == 64
+    assert "unknown entity 'acquisiton'; did you mean 'acquisition'?" in err
+
+
+def test_all_zero_bold_and_constant_regions(demo, bids, tmp_path, capsys):
+    import nibabel as nib
+
+    bold = bids / "sub-01" / "func" / f"sub-01_{STEM}_desc-preproc_bold.nii.gz"
+    img = nib.load(bold)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine, img.header), bold)
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["connectivity"].update(
+            measures=["correlation", "partialcorrelation"], estimator="empirical"
+        ),
+    )
+    out = tmp_path / "out"
+    code, err = run(capsys, bids, out, "participant", "--config", config)
+    assert code == 65
+    assert bold.name in err and "no region of any atlas has signal" in err
+    assert not outputs_of(out, "01") and outputs_of(out, "02")
+    # one region constant: n/a with a warning, the partial correlation is computed
+    bold = bids / "sub-02" / "func" / f"sub-02_{STEM}_desc-preproc_bold.nii.gz"
+    img = nib.load(bold)
+    data = np.asanyarray(img.dataobj).copy()
+    labels = np.asanyarray(
+        nib.load(demo[1].parent / "atlas" / "atlas-DemoGrid_dseg.nii.gz").dataobj
+    )
+    data[labels == 1] = 700.0
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), bold)
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["connectivity"].update(
+            measures=["correlation", "partialcorrelation"], estimator=["ledoit_wolf", "empirical"]
+        ),
+    )
+    code, err = run(
+        capsys,
+        bids,
+        tmp_path / "out2",
+        "participant",
+        "--config",
+        config,
+        "--participant-label",
+        "02",
+    )
+    assert code == 0
+    assert "atlas DemoGrid: 1 region(s) have a constant signal" in err
+    # fewer volumes than regions: the empirical covariance is singular, no partial correlation
+    assert "partialcorrelation with estimator empirical skipped" in err
+    assert not list(
+        (tmp_path / "out2").glob("sub-02/func/*DemoGrid_meas-partialcorrelationEmpirical*")
+    )
+    rel = read_tsv(
+        next(
+            (tmp_path / "out2").glob(
+                "sub-02/func/*DemoGrid_meas-partialcorrelationLedoitwolf*_relmat.tsv"
+            )
+        )
+    )
+    assert rel.iloc[:, 0].isna().all() and rel.iloc[1:, 1:].notna().all().all()
+
+
+def test_invalid_regex_is_a_configuration_error_before_any_work(demo, tmp_path, capsys):
+    config = variant(demo[1], tmp_path, lambda d: d["denoise"].update(confounds=["csf_(wm"]))
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", config)
+    assert code == 64
+    assert (
+        "denoise.confounds: 'csf_(wm' is neither a column name nor a valid regular expression"
+        in err
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# --- one bad file must not stop the others ------------------------------------------------------
+
+
+def test_missing_confounds_fails_only_its_run(demo, bids, tmp_path, capsys):
+    next(bids.glob("sub-02/func/*_desc-confounds_timeseries.tsv")).unlink()
+    out = tmp_path / "out"
+    code, err = run(capsys, bids, out, "participant", "--config", demo[1])
+    assert code == 65
+    assert "no confounds file found" in err and f"sub-02_{STEM}_desc-preproc_bold.nii.gz" in err
+    assert outputs_of(out, "01") and outputs_of(out, "03") and not outputs_of(out, "02")
+
+
+@pytest.mark.parametrize("which", ["bold", "confounds"])
+def test_corrupt_json_sidecar_fails_only_its_run(demo, bids, tmp_path, capsys, which):
+    pattern = (
+        f"*{STEM}_desc-preproc_bold.json" if which == "bold" else "*_desc-confounds_timeseries.json"
+    )
+    side = next(bids.glob(f"sub-03/func/{pattern}"))
+    side.write_text('{"RepetitionTime": 2,')  # truncated
+    out = tmp_path / "out"
+    code, err = run(capsys, bids, out, "participant", "--config", demo[1])
+    assert code == 65
+    assert side.name in err
+    assert outputs_of(out, "01") and outputs_of(out, "02") and not outputs_of(out, "03")
+
+
+@pytest.fixture(scope="module")
+def participant_outputs(demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grp") / "out"
+    assert main([str(demo[0]), str(out), "participant", "--config", str(demo[1])]) == 0
+    return out
+
+
+def _break(path: Path, how: str) -> None:
+    text = path.read_text()
+    lines = text.splitlines()
+    if how == "truncated":
+        path.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    elif how == "text-in-a-cell":
+        cells = lines[3].split("\t")
+        cells[2] = "oops"
+        lines[3] = "\t".join(cells)
+        path.write_text("\n".join(lines) + "\n")
+    elif how == "other-size":
+        path.write_text("\n".join("\t".join(ln.split("\t")[:-1]) for ln in lines[:-1]) + "\n")
+    elif how == "corrupt-sidecar":
+        path.with_suffix(".json").write_text("{")
+
+
+@pytest.mark.parametrize("how", ["truncated", "text-in-a-cell", "other-size", "corrupt-sidecar"])
+def test_bad_participant_file_is_left_out_of_the_group(
+    participant_outputs, demo, tmp_path, capsys, caplog, how
+):
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    bad = next(out.glob("sub-02/func/*DemoGrid_meas-correlation_desc-simple_relmat.tsv"))
+    _break(bad, how)
+    code, _ = run(capsys, demo[0], out, "group", "--config", demo[1])
+    assert code == 1
+    assert bad.name in caplog.text and "left out" in caplog.text
+    index = read_tsv(next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmats.tsv")))
+    assert index["participant_id"].tolist() == ["sub-01", "sub-03"]
+    others = read_tsv(
+        next(out.glob("group/*DemoGrid_meas-partialcorrelation_desc-simple_relmats.tsv"))
+    )
+    assert len(others) == 3
+    assert not [p for p in out.rglob("*") if ".staging-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_bad_time_series_is_left_out_of_the_tangent_space(
+    participant_outputs, demo, tmp_path, capsys, caplog
+):
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["connectivity"].update(
+            measures=["correlation", "partialcorrelation", "tangent"]
+        ),
+    )
+    ts = next(out.glob("sub-01/func/*DemoGrid_desc-simple_timeseries.tsv"))
+    _break(ts, "text-in-a-cell")
+    code, _ = run(capsys, demo[0], out, "group", "--config", config)
+    # the tangent measure is group-only: the participant outputs stay usable
+    assert "another configuration" not in caplog.text
+    assert code == 1 and ts.name in caplog.text
+    index = read_tsv(next(out.glob("group/*DemoGrid_meas-tangent_desc-simple_relmats.tsv")))
+    assert index["participant_id"].tolist() == ["sub-02", "sub-03"]
+
+
+# --- formats users bring ------------------------------------------------------------------------
+
+
+def test_legacy_confound_names_in_custom_confounds(shared_data):
+    from bids_app.config import DenoiseConfig
+    from bids_app.confounds import read_confounds, select_confounds
+
+    tsv = shared_data / "confounds/nilearn_fmriprep/test_desc-confounds_regressors.tsv"
+    table, meta = read_confounds(tsv)
+    if "X" not in table.attrs.get("renamed", {}):
+        pytest.skip("this file has no fMRIPrep 1.x names")
+    den = DenoiseConfig(strategy="none", confounds=["X", "Rot[XY]"])
+    sel = select_confounds(table, meta, den, n_volumes=len(table), source=str(tsv))
+    assert sel.provenance["ConfoundRegressors"] == ["rot_x", "rot_y", "trans_x"]
+
+
+# --- CLI details ----------------------------------------------------------------------------------
+
+
+def test_configuration_messages_are_plain(demo, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "denoise: {name: bad.name, low_pas: 0.1}\n"
+        "atlases:\n  - {name: Seeds, kind: spheres, coordinates: power2011, radius: -1}\n"
+        "  - {name: Other, kind: sphere, coordinates: power2011}\n"
+        "connectivity: {measures: [corelation]}\n"
+    )
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", bad)
+    assert code == 64
+    assert "denoise.name: must be letters and digits only" in err
+    assert "denoise.low_pas: unknown key; did you mean 'low_pass'?" in err
+    assert "atlases.Seeds.radius: must be greater than 0" in err
+    assert "atlases.Other: kind must be one of labels, maps, spheres, regions" in err
+    assert "did you mean 'correlation'?" in err
+    assert "Value error" not in err and "String should match" not in err
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", "scrubing")
+    assert code == 64 and "did you mean the preset 'scrubbing'?" in err and "simple_gsr" in err
+
+
+def test_group_output_dir_missing_or_empty_same_code(demo, tmp_path, capsys):
+    assert run(capsys, demo[0], tmp_path / "missing", "group", "--config", demo[1])[0] == 66
+    (tmp_path / "empty").mkdir()
+    assert run(capsys, demo[0], tmp_path / "empty", "group", "--config", demo[1])[0] == 66
+
+
+def test_group_level_does_not_need_the_atlas_files(participant_outputs, demo, tmp_path, capsys):
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    atlas_dir = Path(shutil.copytree(demo[1].parent, tmp_path / "cfg"))
+    config = atlas_dir / demo[1].name
+    assert run(capsys, demo[0], out, "group", "--config", config)[0] == 0  # same contents elsewhere
+    shutil.rmtree(atlas_dir / "atlas")
+    code, err = run(capsys, demo[0], out, "group", "--config", config)
+    assert code == 0, err
+
+
+def test_help_lists_every_option_once_with_a_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "--n-jobs" in text
+    from bids_app.cli import build_parser
+
+    for action in build_parser()._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help text"
+        assert action.help.count("(default") <= 1, f"doubled default in {action.help!r}"
+
+
+def test_truncated_gzip_bold_names_the_file(demo, bids, tmp_path, capsys):
+    bold = bids / "sub-01" / "func" / f"sub-01_{STEM}_desc-preproc_bold.nii.gz"
+    raw = gzip.decompress(bold.read_bytes())
+    bold.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    code, err = run(capsys, bids, tmp_path / "out", "participant", "--config", demo[1])
+    assert code == 65 and bold.name in err and "truncated" in err
