@@ -71,6 +71,7 @@ def run_participant(
     dask_scheduler: str | None = None,
     database_dir: str | Path | None = None,
     reports: bool = True,
+    atlas_cache: str | Path | None = None,
 ) -> Summary:
     """The participant level, as ``bids-connectome BIDS_DIR OUTPUT_DIR participant``.
 
@@ -96,7 +97,8 @@ def run_participant(
     runs = find_runs(bids, selection, None if database_dir is None else Path(database_dir))
     executor = make_executor(n_jobs, dask_scheduler)
     try:
-        return _run(make_context(cfg, out, bids, reports=reports), runs, executor)
+        cache = None if atlas_cache is None else Path(atlas_cache)
+        return _run(make_context(cfg, out, bids, cache_dir=cache, reports=reports), runs, executor)
     finally:
         executor.close()
 

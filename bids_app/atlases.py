@@ -980,8 +980,9 @@ _SOURCE_ONLY_KEYS = ("templateflow", "dataset", "atlas", *DATASET_SELECTORS)
 def as_file_entry(entry: Any, resolved: ResolvedAtlas) -> Any:
     """The entry as if the user had given the resolved files by path.
 
-    ``image`` and ``labels`` become the resolved files, ``space`` the atlas's template;
-    ``templateflow``, ``dataset``, ``atlas`` and the dataset selectors are cleared. A
+    ``image`` and ``labels`` become the resolved files (``space`` stays as the user gave
+    it: the template found is in ``resolved.template``); ``templateflow``, ``dataset``,
+    ``atlas`` and the dataset selectors are cleared. A
     pydantic model gives a model (``model_copy``: only its own fields), a mapping a dict.
     So a query and the same files given by path make the same configuration (same
     digests, same ``ConfigurationHash``); the query itself is kept in
@@ -990,7 +991,7 @@ def as_file_entry(entry: Any, resolved: ResolvedAtlas) -> Any:
     if resolved.image is None:  # spheres: nothing to replace
         return entry
     update: dict[str, Any] = {k: None for k in _SOURCE_ONLY_KEYS}
-    update |= {"image": resolved.image, "labels": resolved.labels, "space": resolved.template}
+    update |= {"image": resolved.image, "labels": resolved.labels}
     if hasattr(entry, "model_copy"):
         fields = type(entry).model_fields
         return entry.model_copy(update={k: v for k, v in update.items() if k in fields})

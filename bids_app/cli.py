@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a short hash of the selection)",
     )
     g.add_argument(
+        "--atlas-cache",
+        type=Path,
+        metavar="DIR",
+        help="cache of atlases prepared for a BOLD grid, shared by the jobs of a cohort "
+        "(default: $XDG_CACHE_HOME/bids-connectome, else ~/.cache/bids-connectome)",
+    )
+    g.add_argument(
         "--no-reports",
         action="store_true",
         help="write no HTML report (sub-<L>.html, group/report.html) and no figures",
@@ -449,7 +456,13 @@ def _participant(
         executor.name,
         f" ({args.n_jobs} processes)" if args.n_jobs > 1 else "",
     )
-    ctx = make_context(config, output_dir, bids_dir, reports=not args.no_reports)
+    ctx = make_context(
+        config,
+        output_dir,
+        bids_dir,
+        cache_dir=_atlas_cache(args.atlas_cache),
+        reports=not args.no_reports,
+    )
     progress = _Progress(len(runs), handler, args.verbose)
     try:
         summary = run_participant(ctx, runs, executor, on_outcome=progress)
@@ -467,6 +480,20 @@ def _participant(
         time.perf_counter() - start,
     )
     return summary.exit_code, summary.wrote_outputs
+
+
+def _atlas_cache(requested: Path | None) -> Path | None:
+    """``--atlas-cache`` or the user cache folder (None when none can be created: the
+    cache only saves time, it is never needed)."""
+    if requested is not None:
+        return requested.expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    folder = Path(base) / "bids-connectome" / "atlases"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
 
 
 def _work_dir(requested: Path | None) -> tuple[Path, bool]:

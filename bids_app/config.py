@@ -185,7 +185,8 @@ class MapsAtlas(_ImageAtlas):
 class SpheresAtlas(_AtlasBase):
     kind: Literal["spheres"]
     coordinates: str
-    radius: Annotated[float, Field(gt=0)] | None = 5.0
+    # mm for every seed; "table": each seed's own radius, from the table's radius column
+    radius: Annotated[float, Field(gt=0)] | Literal["table"] | None = 5.0
     allow_overlap: bool = False
 
 
@@ -285,6 +286,15 @@ class Config(_Strict):
         return self._resolved
 
     @model_validator(mode="after")
+    def _surface_options(self) -> Config:
+        if self.grid != "volume" and self.denoise.smoothing_fwhm:
+            raise ValueError(
+                f"denoise.smoothing_fwhm: smoothing is done on volumes; space {self.space} has "
+                "surface runs (fMRIPrep's surface outputs are already sampled on the mesh)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self) -> Config:
         names = [a.name for a in self.atlases]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -324,7 +334,13 @@ class Config(_Strict):
         before = {
             a.get("name"): a for a in (recorded or {}).get("atlases", []) if isinstance(a, dict)
         }
-        for atlas in data["atlases"]:
+        for i, atlas in enumerate(data["atlases"]):
+            unresolved = (atlas.get("templateflow") or atlas.get("dataset")) and not atlas.get(
+                "image"
+            )
+            if unresolved and atlas["name"] in before:  # resolved by the participant level
+                data["atlases"][i] = dict(before[atlas["name"]])
+                continue
             for key in FILE_KEYS:
                 value = atlas.get(key)
                 if value is None or (key == "coordinates" and value in BUILTIN_COORDINATES):
@@ -456,12 +472,23 @@ def _message(e: dict, owner: type[BaseModel] | None, key: str) -> str:
 
 def _format_errors(err: ValidationError, source: str, data: Any) -> str:
     lines = [f"invalid configuration {source}:"]
+    seen: dict[str, list[tuple[str, dict]]] = {}
     for e in err.errors():
-        where, owner_loc = _where(tuple(e["loc"]), data if isinstance(data, dict) else {})
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p or p in _TAGS))
+        where, owner_loc = _where(loc, data if isinstance(data, dict) else {})
         owner = _model_at(owner_loc, data)
-        key = str(e["loc"][-1]) if e["loc"] else ""
-        lines.append(f"  {where}: {_message(e, owner, key)}")
+        key = str(loc[-1]) if loc else ""
+        seen.setdefault(where, []).append((_message(e, owner, key), e))
+    for where, items in seen.items():
+        # a union (e.g. a number or "table"): keep the branches of the input's own type
+        if len(items) > 1:
+            typed = [m for m, e in items if not (e["type"] == "literal_error" and not isinstance(e.get("input"), str))]
+            items = [(m, {}) for m in (typed or [m for m, _ in items])]
+        lines.append(f"  {where}: {'; or '.join(m for m, _ in items)}")
     return "\n".join(lines)
+
+
+_TAGS = ("constrained-float", "constrained-int", "constrained-str", "function-after", "str", "int", "float", "bool")
 
 
 def _resolve(value: Any, base: Path) -> Any:

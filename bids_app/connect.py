@@ -99,7 +99,42 @@ def precision_to_partial(precision: np.ndarray) -> np.ndarray:
     return partial
 
 
+def ledoit_wolf(x: np.ndarray) -> np.ndarray:
+    """``sklearn.covariance.LedoitWolf().fit(x).covariance_``, in NumPy.
+
+    The same arithmetic as scikit-learn 1.x (centred data, shrinkage from the squared
+    products summed over all features at once, i.e. one block up to 1000 features), so
+    equal to it to the last bits or nearly (tests/test_connect.py); written here because
+    importing scikit-learn costs seconds in every fresh process of a cohort.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    n_samples, n_features = x.shape
+    if n_features == 1:
+        return np.atleast_2d((x**2).mean())
+    if n_features > 1000:  # scikit-learn sums the shrinkage terms by blocks of features
+        return make_estimator("ledoit_wolf").fit(x).covariance_
+    x2 = x**2
+    emp_cov_trace = np.sum(x2, axis=0) / n_samples
+    mu = np.sum(emp_cov_trace) / n_features
+    beta_ = np.sum(np.dot(x2.T, x2))
+    delta_ = np.sum(np.dot(x.T, x) ** 2) / n_samples**2
+    beta = 1.0 / (n_features * n_samples) * (beta_ / n_samples - delta_)
+    delta = (delta_ - 2.0 * mu * emp_cov_trace.sum() + n_features * mu**2) / n_features
+    beta = min(beta, delta)
+    shrinkage = 0.0 if beta == 0 else beta / delta
+    cov = np.dot(x.T, x) / n_samples
+    mu = np.sum(np.trace(cov)) / n_features
+    cov = (1.0 - shrinkage) * cov
+    cov.flat[:: n_features + 1] += shrinkage * mu
+    return cov
+
+
 def _covariance(x: np.ndarray, estimator: str) -> np.ndarray:
+    if estimator == "ledoit_wolf":
+        return ledoit_wolf(x)
+    if estimator == "empirical":  # EmpiricalCovariance().fit(x).covariance_
+        return np.atleast_2d(np.cov(np.asarray(x, dtype=np.float64).T, bias=True))
     return make_estimator(estimator).fit(x).covariance_
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .write import to_json_text, write_nifti, write_text, write_tsv
+from .write import to_json_text, write_bytes, write_nifti, write_text, write_tsv
 
 SPACE = "MNI152NLin2009cAsym"
 # fMRIPrep's MNI152NLin2009cAsym res-2 grid.
@@ -43,6 +43,101 @@ class DemoSpec:
     parcel_mm: float = 28.0
     seed: int = 0
     task: str = "rest"
+    cifti: bool = False  # also fMRIPrep's fsLR 91k dense time series of every run
+    brain_model: Path | None = None  # shared fsLR32k folder: the real 91k brain model
+
+
+# CIFTI: fsLR 32k meshes (32,492 vertices a hemisphere) and the MNI152NLin6Asym 2 mm grid
+# of the 91k subcortical voxels.
+FSLR_VERTICES = 32492
+CIFTI_AFFINE = np.array([[-2.0, 0, 0, 90.0], [0, 2.0, 0, -126.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1]])
+CIFTI_SHAPE = (91, 109, 91)
+SURFACE_PARCELS = 24  # per hemisphere
+SHARED_SURFACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "surfaces" / "fsLR32k"
+
+
+def brain_model(folder: Path | None = None):
+    """The 91k grayordinates: fMRIPrep's real brain model when ``folder`` (the shared
+    fsLR32k files) is given, else a built-in one of the same size: cortex without a
+    medial wall band, and two thalamus-like blocks of voxels."""
+    from nibabel import cifti2
+
+    if folder is not None:
+        info = np.load(folder / "fMRI_vertex_info_32k.npz")
+        left = cifti2.BrainModelAxis.from_surface(
+            info["grayl"], int(info["num_meshl"]), "CortexLeft"
+        )
+        right = cifti2.BrainModelAxis.from_surface(
+            info["grayr"], int(info["num_meshr"]), "CortexRight"
+        )
+        import nibabel as nib
+
+        sub = nib.load(folder / "tpl-fsLR_atlas-ciftiSubcortical_den-32k_dseg.dlabel.nii")
+        return left + right + sub.header.get_axis(1)
+    wall = np.zeros(FSLR_VERTICES, bool)
+    wall[14000:16796] = True  # a medial-wall-like band of 2,796 vertices
+    left = cifti2.BrainModelAxis.from_surface(np.flatnonzero(~wall), FSLR_VERTICES, "CortexLeft")
+    right = cifti2.BrainModelAxis.from_surface(np.flatnonzero(~wall), FSLR_VERTICES, "CortexRight")
+    axes = [left, right]
+    for name, x0 in (("ThalamusLeft", 36), ("ThalamusRight", 48)):
+        ijk = np.indices((7, 9, 8)).reshape(3, -1).T + np.array([x0, 46, 36])
+        axes.append(cifti2.BrainModelAxis.from_mask(_mask_of(ijk), name, CIFTI_AFFINE))
+    out = axes[0]
+    for ax in axes[1:]:
+        out = out + ax
+    return out
+
+
+def _mask_of(ijk: np.ndarray) -> np.ndarray:
+    mask = np.zeros(CIFTI_SHAPE, bool)
+    mask[tuple(ijk.T)] = True
+    return mask
+
+
+def surface_parcels(bm) -> tuple[np.ndarray, pd.DataFrame]:
+    """A parcellation of the grayordinates: blocks of vertex numbers per hemisphere, and
+    one parcel per subcortical structure; networks assigned round-robin."""
+    labels = np.zeros(len(bm), dtype=np.int32)
+    rows = []
+    next_label = 1
+    for name, slc, _ in bm.iter_structures():
+        idx = np.arange(slc.start or 0, slc.stop if slc.stop is not None else len(bm))
+        if "CORTEX" in name:
+            order = np.argsort(np.asarray(bm.vertex[idx]), kind="stable")
+            block = np.empty(len(idx), dtype=int)  # blocks of the hemisphere's vertices
+            block[order] = (np.arange(len(idx)) * SURFACE_PARCELS) // len(idx)
+            hemi = "LH" if "LEFT" in name else "RH"
+            for b in range(SURFACE_PARCELS):
+                net = (next_label - 1) % N_NETWORKS + 1
+                labels[idx[block == b]] = next_label
+                rows.append(
+                    {
+                        "index": next_label,
+                        "name": f"{hemi}_Net{net}_{b + 1}",
+                        "network": f"Net{net}",
+                    }
+                )
+                next_label += 1
+        else:
+            net = (next_label - 1) % N_NETWORKS + 1
+            labels[idx] = next_label
+            short = name.replace("CIFTI_STRUCTURE_", "").title().replace("_", "")
+            rows.append({"index": next_label, "name": f"{short}_Net{net}", "network": f"Net{net}"})
+            next_label += 1
+    return labels, pd.DataFrame(rows)
+
+
+def _write_dlabel(path: Path, labels: np.ndarray, lut: pd.DataFrame, bm) -> None:
+    from nibabel import cifti2
+
+    rng = np.random.default_rng(1)
+    table = {0: ("???", (0.0, 0.0, 0.0, 0.0))}
+    for idx, name in zip(lut["index"], lut["name"], strict=True):
+        table[int(idx)] = (str(name), tuple(float(c) for c in rng.random(3)) + (1.0,))
+    axis = cifti2.LabelAxis(["DemoSurf"], [table])
+    img = cifti2.Cifti2Image(labels[None, :].astype(np.float32), header=(axis, bm))
+    img.nifti_header.set_intent("NIFTI_INTENT_CONNECTIVITY_DENSE_LABELS")
+    write_bytes(path, img.to_bytes())
 
 
 def brain_mask() -> np.ndarray:
@@ -202,6 +297,15 @@ def build_demo(dest: Path | str, spec: DemoSpec | None = None) -> Path:
     maps, tmap = blob_images(mask, world, rng)
     write_nifti(atlas_dir / "demo_maps.nii.gz", nib.Nifti1Image(maps, GRID_AFFINE))
     write_nifti(atlas_dir / "demo_tmap.nii.gz", nib.Nifti1Image(tmap, GRID_AFFINE))
+    surface = None
+    if spec.cifti:
+        bm = brain_model(spec.brain_model)
+        surf_labels, surf_lut = surface_parcels(bm)
+        _write_dlabel(
+            atlas_dir / "tpl-fsLR_atlas-DemoSurf_den-91k_dseg.dlabel.nii", surf_labels, surf_lut, bm
+        )
+        write_tsv(atlas_dir / "atlas-DemoSurf_dseg.tsv", surf_lut)
+        surface = (bm, surf_labels, surf_lut)
 
     root = dest / "fmriprep"
     write_text(
@@ -247,8 +351,18 @@ def build_demo(dest: Path | str, spec: DemoSpec | None = None) -> Path:
                     baseline,
                     artifact_map,
                     motion_level,
+                    surface,
                 )
     config = dest / "demo.yaml"
+    surface_atlas = (
+        """  # for the fsLR runs (--space fsLR): a surface parcellation; the volume atlases above
+  # are skipped for them, and this one for the volume runs
+  - {name: DemoSurf, kind: labels, image: atlas/tpl-fsLR_atlas-DemoSurf_den-91k_dseg.dlabel.nii,
+     labels: atlas/atlas-DemoSurf_dseg.tsv}
+"""
+        if spec.cifti
+        else ""
+    )
     write_text(
         config,
         f"""# Demo configuration (written by bids-connectome-demo); paths are relative to this file.
@@ -266,7 +380,7 @@ atlases:  # made on the BOLD's template (space: checked against the BOLD space)
   - {{name: DemoSeeds, kind: spheres, coordinates: atlas/demo_seeds.tsv, radius: 6, space: {SPACE}}}
   - {{name: DemoTmap, kind: regions, image: atlas/demo_tmap.nii.gz, threshold: 3.0,
      extract_type: connected_components, min_region_size: 500, space: {SPACE}}}
-connectivity:
+{surface_atlas}connectivity:
   measures: [correlation, partialcorrelation]
   estimator: ledoit_wolf
 """,
@@ -285,6 +399,7 @@ def _write_run(
     baseline: np.ndarray,
     artifact_map: np.ndarray,
     motion_level: float,
+    surface: tuple | None = None,
 ) -> None:
     n = spec.n_volumes
     n_parcels = len(network_of)
@@ -332,6 +447,52 @@ def _write_run(
     frame, meta = _confounds(rng, motion, gs, wm, csf, dv, spec.t_r)
     write_tsv(func / f"{ents}_desc-confounds_timeseries.tsv", frame, float_format="%.6g")
     write_text(func / f"{ents}_desc-confounds_timeseries.json", to_json_text(meta))
+    if surface is not None:
+        _write_cifti_run(func, ents, spec, networks, artifact, drift, steady, surface)
+
+
+def _write_cifti_run(
+    func: Path,
+    ents: str,
+    spec: DemoSpec,
+    networks: np.ndarray,
+    artifact: np.ndarray,
+    drift: np.ndarray,
+    steady: np.ndarray,
+    surface: tuple,
+) -> None:
+    """fMRIPrep's ``*_space-fsLR_den-91k_bold.dtseries.nii`` of the run: the same network
+    time courses, motion artifact and drift as its volume, on the 91k grayordinates."""
+    import zlib
+
+    from nibabel import cifti2
+
+    bm, labels, lut = surface
+    rng = np.random.default_rng(
+        [spec.seed, zlib.crc32(ents.encode())]
+    )  # the volume's stream untouched
+    n, g = spec.n_volumes, len(bm)
+    net_of = np.array([int(str(v).removeprefix("Net")) - 1 for v in lut["network"]])
+    parcels = networks[:, net_of] + 0.6 * _smooth_noise(rng, n, len(lut))
+    signal = np.zeros((n, g), dtype=np.float32)
+    inside = labels > 0
+    signal[:, inside] = parcels[:, labels[inside] - 1]
+    data = (
+        (600 + 200 * rng.random(g, dtype=np.float32))[None, :] * steady[:, None]
+        + 6.0 * signal
+        + 3.0 * rng.standard_normal((n, g), dtype=np.float32)
+        + artifact[:, None] * rng.standard_normal(g, dtype=np.float32)[None, :]
+        + 5.0 * drift[:, None]
+    )
+    series = cifti2.SeriesAxis(0.0, spec.t_r, n, unit="SECOND")
+    img = cifti2.Cifti2Image(np.round(data).astype(np.float32), header=(series, bm))
+    img.nifti_header.set_intent("NIFTI_INTENT_CONNECTIVITY_DENSE_SERIES")
+    stem = f"{ents}_space-fsLR_den-91k_bold"
+    write_bytes(func / f"{stem}.dtseries.nii", img.to_bytes())
+    write_text(
+        func / f"{stem}.json",
+        to_json_text({"RepetitionTime": spec.t_r, "TaskName": spec.task, "Density": "91k"}),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +508,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=DemoSpec.n_runs)
     parser.add_argument("--volumes", type=int, default=DemoSpec.n_volumes)
     parser.add_argument("--seed", type=int, default=DemoSpec.seed)
+    parser.add_argument(
+        "--no-cifti",
+        action="store_true",
+        help="volume runs only (default: also fsLR 91k CIFTI runs and a surface parcellation)",
+    )
+    parser.add_argument(
+        "--brain-model",
+        type=Path,
+        default=SHARED_SURFACES if SHARED_SURFACES.is_dir() else None,
+        help="folder with fMRIPrep's fsLR 32k files (fMRI_vertex_info_32k.npz, the "
+        "ciftiSubcortical dlabel) for the real 91k brain model; default: ../shared/data/"
+        "surfaces/fsLR32k when present, else a built-in model of the same size",
+    )
     args = parser.parse_args(argv)
     spec = DemoSpec(
         n_subjects=args.subjects,
@@ -354,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         n_runs=args.runs,
         n_volumes=args.volumes,
         seed=args.seed,
+        cifti=not args.no_cifti,
+        brain_model=None if args.no_cifti else args.brain_model,
     )
     config = build_demo(args.dest, spec)
     print(json.dumps({"bids_dir": str(args.dest / "fmriprep"), "config": str(config)}))

@@ -51,7 +51,8 @@ class RunContext:
     config_hash
         ``Config.digest(participant_only=True)``: recorded in every sidecar.
     cache_dir
-        Where prepared atlas operators are cached (None: no cache).
+        Where prepared atlas operators are cached on disk (``--atlas-cache``; None: no
+        cache), shared safely by concurrent jobs.
     capture_logs
         True in worker processes: log records travel back in the outcome.
     reports
@@ -66,10 +67,26 @@ class RunContext:
     cache_dir: Path | None = None
     capture_logs: bool = False
     reports: bool = False  # per-run report figures (bids_app.report)
+    # Grid-level operators of the last grid seen in this process (not pickled: every
+    # worker process keeps its own).
+    _grid: Any = field(default=None, repr=False, compare=False)
 
     @property
     def desc(self) -> str:
         return self.config.denoise.name
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_grid"} | {"_grid": None}
+
+    def grid_operators(self, shape: tuple[int, ...], affine: np.ndarray):
+        """The atlases' grid-level operators for a BOLD grid: from memory when the last
+        run had the same grid, else from the on-disk cache (``cache_dir``) or built."""
+        from .extract import prepare_grid
+
+        key = (tuple(int(n) for n in shape[:3]), np.asarray(affine, dtype=float).tobytes())
+        if self._grid is None or self._grid[0] != key:
+            self._grid = (key, prepare_grid(self.sources, key[0], affine, cache_dir=self.cache_dir))
+        return self._grid[1]
 
 
 @dataclass
@@ -258,7 +275,7 @@ def compute_run(run: RunInputs, ctx: RunContext) -> RunRecord:
     if run.grid == "volume":
         mask = _brain_mask(run, shape, affine)
         watch.lap("read")
-        ops = extract.prepare(ctx.sources, tuple(shape[:3]), affine, mask)
+        ops = extract.apply_mask(ctx.grid_operators(shape, affine), mask)
         watch.lap("prepare")
         signals = extract.extract_run(run.bold, ops, smoothing_fwhm=den.smoothing_fwhm)
     else:
@@ -271,6 +288,7 @@ def compute_run(run: RunInputs, ctx: RunContext) -> RunRecord:
         if run.grid == "cifti":
             parcels = {src.name: ops.parcels(src.name) for src in ctx.sources}
     watch.lap("extract")
+    _warn_coverage(run, signals)
     names = [src.name for src in ctx.sources]
     raw = [signals.signals[n] for n in names]
     cleaned = clean.clean(
@@ -323,6 +341,30 @@ def _check_frequencies(run: RunInputs, den, t_r: float) -> None:
             nyquist,
             t_r,
         )
+
+
+def _warn_coverage(run: RunInputs, signals) -> None:
+    """One warning per atlas for regions left without signal, one for non-finite voxels."""
+    if signals.n_nonfinite:
+        log.warning(
+            "%s: %d voxels of %s have NaN or infinite values in some volume: they count as 0 "
+            "and are not usable (see the coverage tables)",
+            run.label,
+            signals.n_nonfinite,
+            run.bold.name,
+        )
+    for atlas, table in signals.coverage.items():
+        empty = table.loc[~table["usable"].astype(bool), "name"].astype(str).tolist()
+        if empty:
+            log.warning(
+                "%s: atlas %s: %d region(s) without signal in %s (outside the brain mask or "
+                "the field of view, lost in resampling, or below min_coverage), n/a: %s",
+                run.label,
+                atlas,
+                len(empty),
+                Path(run.bold).name,
+                ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
+            )
 
 
 def _drop_flat_regions(

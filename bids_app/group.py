@@ -9,7 +9,8 @@ label (file formats in docs/group.md):
 - ``<key>_relmats.npy/.tsv/.json``: every participant-level matrix stacked, with an index table;
 - ``meas-tangent``: per-unit tangent matrices (stacked) and the group geometric mean;
 - ``<key>_qcfc.tsv/.json``: QC-FC per edge and its summary;
-- ``task-<T>_desc-<D>_qc.tsv/.json``: one row per run (volumes, censoring, mean FD, exclusion).
+- ``task-<T>_space-<S>_desc-<D>_qc.tsv/.json``: one row per run (volumes, censoring, mean FD,
+  exclusion).
 
 The whole dataset goes to ``OUTPUT_DIR/group/``; a selection (``participants``,
 ``sessions``, ``tasks``) to ``OUTPUT_DIR/group/subset-<label>/``, so a subset never
@@ -429,11 +430,14 @@ class _LUTs:
 class _Writer:
     """Writes into a staging folder; :meth:`commit` moves the files into place."""
 
-    def __init__(self, output_dir: Path, subset: str | None, config_hash: str, desc: str):
+    def __init__(
+        self, output_dir: Path, subset: str | None, config_hash: str, desc: str, space: str
+    ):
         self.output_dir = output_dir
         self.subset = subset
         self.config_hash = config_hash
         self.desc = desc
+        self.space = space
         self.folder = naming.group_dir(output_dir, subset)
         self.staging = self.folder / f".staging-{host_tag()}-{os.getpid()}"
         self.written: list[Path] = []
@@ -468,7 +472,8 @@ class _Writer:
         del out
 
     def commit(self) -> None:
-        """Move the staged files into place; remove this desc's files of earlier runs."""
+        """Move the staged files into place; remove the files of this desc and space left by
+        earlier group runs."""
         keep = {p.name for p in self.written}
         for path in self.written:
             os.replace(self.staging / path.name, path)
@@ -476,7 +481,9 @@ class _Writer:
             parsed = naming.try_parse_name(name)
             if name.startswith(".") or name in keep or parsed is None:
                 continue
-            if parsed[0].get("desc") == self.desc and (self.folder / name).is_file():
+            ents = parsed[0]
+            mine = ents.get("desc") == self.desc and ents.get("space") == self.space
+            if mine and (self.folder / name).is_file():
                 (self.folder / name).unlink()
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -879,7 +886,7 @@ def run_group(
     inputs = _read_inputs(files, config, output_dir, expected)
     subset = subset_name(participants, sessions, tasks, subset_label)
     group_hash = "sha256:" + config.digest(recorded=_recorded(output_dir, config))
-    w = _Writer(output_dir, subset, group_hash, config.denoise.name)
+    w = _Writer(output_dir, subset, group_hash, config.denoise.name, config.space)
     luts = _LUTs(output_dir)
     try:
         w.staging.mkdir(parents=True, exist_ok=True)
@@ -900,7 +907,10 @@ def run_group(
         for q in inputs.qc.values():
             by_task[q.entities.get("task", "")].append(q)
         for task in sorted(by_task):
-            path = w.path({"task": task or None, "desc": config.denoise.name}, "qc", ".tsv")
+            scope = {"space": config.space, "res": config.res, "den": config.den}
+            path = w.path(
+                {"task": task or None, **scope, "desc": config.denoise.name}, "qc", ".tsv"
+            )
             w.tsv(path, qc_table(by_task[task], output_dir))
             w.json(path.with_suffix(".json"), naming.qc_table_sidecar(w.config_hash))
         groups: dict[tuple, list[OutputFile]] = defaultdict(list)

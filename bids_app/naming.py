@@ -585,14 +585,14 @@ _CENTRE = {
 }
 _INDEX = {
     "labels": "Label value of the region in the atlas image",
-    "maps": "Volume of the region in the 4D maps image (0-based)",
-    "regions": "Region number (0-based volume in the written probseg image)",
+    "maps": "Volume of the region in the 4D maps image (1 = the first volume)",
+    "regions": "Region number (1 = the first volume of the written probseg image)",
     "spheres": "Index of the seed in the coordinates table",
 }
 _OTHER_COLUMNS = {
     "radius": {"Description": "Sphere radius (n/a: the seed voxel only)", "Units": "mm"},
     "parent_map": {
-        "Description": "0-based volume of the statistical map the region was extracted from"
+        "Description": "Volume of the statistical map the region was extracted from (1 = the first)"
     },
     "network": {"Description": "Network the seed belongs to, from the coordinates table"},
     "color": {"Description": "Display colour of the region, from the atlas source"},

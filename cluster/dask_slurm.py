@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--participant-label", nargs="+")
     parser.add_argument("--cluster", choices=("slurm", "local"), default="slurm")
     parser.add_argument("--jobs", type=int, default=10, help="Dask workers (one run each)")
+    parser.add_argument("--no-reports", action="store_true", help="no HTML reports")
     args = parser.parse_args(argv)
 
     from bids_app import api
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             participant_label=args.participant_label,
             dask_scheduler=cluster.scheduler_address,
+            reports=not args.no_reports,
         )
     print(
         f"{summary.n_done} run(s) done, {summary.n_skipped} skipped, {summary.n_excluded} "
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, message, _ in summary.failures:
         print(f"  {label}: {message}")
     if summary.exit_code == 0:
-        result = api.run_group(args.output_dir, args.config)
+        result = api.run_group(args.output_dir, args.config, reports=not args.no_reports)
         print(f"group level: {len(result.written)} files in {result.folder}")
     return summary.exit_code
 

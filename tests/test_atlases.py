@@ -713,9 +713,10 @@ def test_resolve_entries_gives_file_entries_and_all_errors(tf_home, shared_data)
     )
     (q_entry, q_res), (p_entry, _) = done
     assert isinstance(q_entry, model) and q_entry.templateflow is None
-    assert (q_entry.image, q_entry.labels, q_entry.space) == (q_res.image, q_res.labels, TPL_C)
+    assert (q_entry.image, q_entry.labels) == (q_res.image, q_res.labels)
+    assert q_entry.space is None and q_res.template == TPL_C  # the template found is kept aside
     model.model_validate(q_entry.model_dump())  # still a valid entry
-    assert p_entry.space == TPL_C and warnings == []
+    assert p_entry.space is None and warnings == []
     # given the same files by path, the entry is the same but for where the image lives
     ((same, _),) = atlases.resolve_entries(
         [by_path.model_copy(update={"labels": q_res.labels})], bold_space=TPL_C

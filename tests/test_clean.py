@@ -227,10 +227,24 @@ def test_invalid_arguments(kwargs, message):
         clean(region_signals(60, 2), t_r=T_R, **kwargs)
 
 
+@pytest.mark.parametrize("t_r", [0.5, 2.0, 3.0])
+@pytest.mark.parametrize(("low", "high"), [(0.08, 0.01), (0.1, None), (None, 0.01), (0.15, 0.001)])
+def test_padlen_is_that_of_the_scipy_design(low, high, t_r):
+    """The analytic padding length equals sosfiltfilt's for scipy's order-5 design."""
+    from scipy import signal
+
+    wn = [high, low] if low and high else (low or high)
+    btype = "band" if low and high else ("low" if low else "high")
+    sos = signal.butter(N=5, Wn=wn, btype=btype, output="sos", fs=1.0 / t_r)
+    zeros = min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    assert butterworth_padlen(low, high, t_r) == 3 * (2 * len(sos) + 1 - zeros)
+
+
 def test_too_short_for_the_filter():
     assert butterworth_padlen(0.08, 0.01) == 33
     assert butterworth_padlen(0.1, None) == 18
     assert butterworth_padlen(None, 0.01) == 18
+    assert butterworth_padlen(None, None) == 0
     with pytest.raises(ValueError, match="33 volumes are too few.*more than 33"):
         clean(region_signals(33, 2), t_r=T_R, low_pass=0.08, high_pass=0.01)
     assert clean(region_signals(34, 2), t_r=T_R, low_pass=0.08, high_pass=0.01).shape == (34, 2)
@@ -333,3 +347,13 @@ def test_real_scrubbing_mask_with_bandpass_textbook(shared_data, tmp_path):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-8 * np.abs(reference).max())
     theirs = nilearn_clean(signals, confounds=conf, sample_mask=kept, **kwargs)
     assert np.abs(theirs - reference).max() > 0.1 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("shape", [(100, 5), (300, 800), (37, 1)])
+def test_linear_detrend_is_scipy_detrend_bit_for_bit(shape):
+    from scipy import signal
+
+    from bids_app.clean import linear_detrend
+
+    x = np.random.default_rng(shape[0]).standard_normal(shape) * 100 + 5
+    np.testing.assert_array_equal(linear_detrend(x), signal.detrend(x, axis=0, type="linear"))

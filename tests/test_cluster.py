@@ -80,7 +80,7 @@ def test_dask_example_against_a_local_cluster(tmp_path):
     pytest.importorskip("distributed", reason="needs the dask extra")
     from bids_app.demo import DemoSpec, build_demo
 
-    config = build_demo(tmp_path / "demo", DemoSpec(n_subjects=3, n_sessions=1, n_volumes=50))
+    config = build_demo(tmp_path / "demo", DemoSpec(n_subjects=3, n_sessions=1, n_volumes=45))
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -94,6 +94,7 @@ def test_dask_example_against_a_local_cluster(tmp_path):
             "local",
             "--jobs",
             "2",
+            "--no-reports",
         ],
         capture_output=True,
         text=True,

@@ -159,33 +159,40 @@ def _variant(config: Path, name: str, edit) -> Path:
 
 
 def _names(out: Path, pattern: str) -> list[str]:
-    return sorted(p.name for p in out.rglob(pattern))
+    """Output files (reports aside: their figures follow the outputs they show)."""
+    return sorted(
+        p.name
+        for p in out.rglob(pattern)
+        if p.is_file() and "figures" not in p.parts and not p.name.endswith(".html")
+    )
 
 
 def test_changed_configuration_replaces_old_outputs(demo, tmp_path):
     bids, config = demo
     out = tmp_path / "changed" / "out"
-    assert cli(bids, out, "participant", "--config", config) == 0
-    assert cli(bids, out, "group", "--config", config) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", config) == 0
+    assert cli(bids, out, "group", "--no-reports", "--config", config) == 0
     assert _names(out, "sub-*/func/*meas-partialcorrelation*")
     # a measure no longer asked for: its files go, at both levels
     fewer = _variant(config, "fewer", lambda d: d["connectivity"].update(measures=["correlation"]))
-    assert cli(bids, out, "participant", "--config", fewer) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", fewer) == 0
     assert not _names(out, "sub-*/func/*meas-partialcorrelation*")
-    assert cli(bids, out, "group", "--config", fewer) == 0
+    assert cli(bids, out, "group", "--no-reports", "--config", fewer) == 0
     assert not _names(out, "group/*meas-partialcorrelation*")
     # stricter minimum: every run excluded, nothing but the QC sidecars stays
     strict = _variant(config, "strict", lambda d: d["denoise"].update(min_volumes=1000))
-    assert cli(bids, out, "participant", "--config", strict) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", strict) == 0
     left = sorted(p.name for p in out.glob("sub-*/func/*") if not p.name.startswith("."))
     assert left and all(name.endswith("_desc-simple_qc.json") for name in left)
     assert all(json.loads(p.read_text())["Excluded"] for p in out.glob("sub-*/func/*_qc.json"))
-    assert cli(bids, out, "group", "--config", strict) == 0
+    assert cli(bids, out, "group", "--no-reports", "--config", strict) == 0
     assert _names(out, "group/*") == [
-        "task-rest_desc-simple_qc.json",
-        "task-rest_desc-simple_qc.tsv",
+        "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.json",
+        "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv",
     ]
-    assert read_tsv(out / "group/task-rest_desc-simple_qc.tsv")["excluded"].all()
+    assert read_tsv(out / "group/task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")[
+        "excluded"
+    ].all()
 
 
 def test_aggregation_level_change_leaves_no_stale_connectome(tmp_path):
@@ -201,10 +208,10 @@ def test_aggregation_level_change_leaves_no_stale_connectome(tmp_path):
             or d["connectivity"].update(measures=["correlation"], aggregate="session")
         ),
     )
-    assert cli(bids, out, "participant", "--config", one) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", one) == 0
     assert len(_names(out, "*_relmat.tsv")) == 2 and not _names(out, "*run-*_relmat.tsv")
     per_run = _variant(one, "perrun", lambda d: d["connectivity"].update(aggregate="run"))
-    assert cli(bids, out, "participant", "--config", per_run) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", per_run) == 0
     assert len(_names(out, "*_relmat.tsv")) == 4 and len(_names(out, "*run-*_relmat.tsv")) == 4
     assert not list(out.rglob(".*_unit.json"))
 
@@ -212,18 +219,23 @@ def test_aggregation_level_change_leaves_no_stale_connectome(tmp_path):
 def test_group_uses_only_outputs_of_its_configuration(demo, tmp_path, caplog):
     bids, config = demo
     out = tmp_path / "mixed" / "out"
-    assert cli(bids, out, "participant", "--config", config) == 0
+    assert cli(bids, out, "participant", "--no-reports", "--config", config) == 0
     other = _variant(config, "other", lambda d: d["denoise"].update(high_pass=0.02))
-    assert cli(bids, out, "participant", "--config", other, "--participant-label", "01") == 0
+    assert (
+        cli(
+            bids, out, "participant", "--no-reports", "--config", other, "--participant-label", "01"
+        )
+        == 0
+    )
     caplog.clear()
-    assert cli(bids, out, "group", "--config", other) == 0
+    assert cli(bids, out, "group", "--no-reports", "--config", other) == 0
     assert "made with another configuration" in caplog.text and "sub-02" in caplog.text
     side = json.loads(
         next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmat.json")).read_text()
     )
     assert side["Participants"] == ["sub-01"]
     assert all("sub-01" in s for s in side["Sources"])
-    assert cli(bids, out, "group", "--config", config) == 0
+    assert cli(bids, out, "group", "--no-reports", "--config", config) == 0
     side = json.loads(
         next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmat.json")).read_text()
     )
@@ -236,12 +248,13 @@ def test_group_subset_never_replaces_the_full_group(demo, reference, tmp_path, c
     assert cli(bids, out, "participant", "--config", config) == 0
     assert cli(bids, out, "group", "--config", config) == 0
     full = tree_digest(out / "group")
-    qcfc = [n for n in full if n.endswith("_qcfc.tsv")]
+    qcfc = [n for n in full if n.endswith("_qcfc.tsv") and "/" not in n]
     assert qcfc  # 3 participants: QC-FC computed
     assert cli(bids, out, "group", "--config", config, "--participant-label", "01", "02") == 0
     subsets = sorted((out / "group").glob("subset-*"))
     assert len(subsets) == 1
-    assert {k: v for k, v in tree_digest(out / "group").items() if "/" not in k} == full
+    top = {k: v for k, v in full.items() if "/" not in k}
+    assert {k: v for k, v in tree_digest(out / "group").items() if "/" not in k} == top
     sub = subsets[0]
     assert json.loads((sub / "subset.json").read_text())["participants"] == ["01", "02"]
     assert not list(sub.glob("*_qcfc.*")), "QC-FC needs 3 participants: no file, not a stale one"
@@ -298,7 +311,9 @@ def test_failing_invocation_leaves_no_files(demo, tmp_path, capsys):
     bold = next(broken.glob("sub-01/func/*_desc-preproc_bold.nii.gz"))
     bold.write_bytes(bold.read_bytes()[:2000])  # truncated
     out = tmp_path / "out"
-    code = cli(broken, out, "participant", "--config", config, "--participant-label", "01")
+    code = cli(
+        broken, out, "participant", "--no-reports", "--config", config, "--participant-label", "01"
+    )
     assert code == 65
     assert bold.name in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("*"))
@@ -319,7 +334,7 @@ def test_log_file_per_invocation(demo, reference):
 
 def test_progress_lines_and_verbosity(demo, tmp_path, capsys):
     bids, config = demo
-    args = ("participant", "--config", config, "--participant-label", "01")
+    args = ("participant", "--no-reports", "--config", config, "--participant-label", "01")
     assert cli(bids, tmp_path / "a", *args) == 0
     err = capsys.readouterr().err
     assert err.count(": done (") == 1 and "[read" not in err and "DEBUG" not in err

@@ -205,7 +205,8 @@ def test_maps_least_squares(bold, atlas_files):
     support = (m != 0).any(axis=1)
     ref = scipy.linalg.lstsq(m[support], data[mask][support])[0].T
     np.testing.assert_allclose(run.signals["M"], ref, rtol=1e-9, atol=1e-9)
-    assert src.region_names == ["0", "1", "2"]
+    assert src.region_names == ["1", "2", "3"]  # 1-based, as label values
+    assert src.lut["index"].tolist() == [1, 2, 3]
     w = np.abs(maps[..., 1])
     np.testing.assert_allclose(run.coverage["M"]["coverage"][1], w[mask].sum() / w.sum(), rtol=1e-6)
 
@@ -316,7 +317,7 @@ def test_regions_from_a_statistical_map(bold, tmp_path):
     )
     src, run = run_one(cfg, bold[0])
     region_maps = np.asarray(src.outputs["probseg"].dataobj)
-    assert region_maps.shape == SHAPE + (2,) and src.lut["parent_map"].tolist() == [0, 0]
+    assert region_maps.shape == SHAPE + (2,) and src.lut["parent_map"].tolist() == [1, 1]
     assert region_maps[4, 5, 6, 0] == tmap[4, 5, 6] and region_maps[10, 11, 6, 1] == tmap[10, 11, 6]
     assert run.signals["R"].shape == (T, 2)
     local = cfg.model_copy(update={"extract_type": "local_regions", "smoothing_fwhm": 3.0})

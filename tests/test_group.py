@@ -239,7 +239,7 @@ def test_stacked_matrices_round_trip(dataset):
 
 def test_qc_table(dataset):
     out, _, fds, _ = dataset
-    path = out / "group" / "task-rest_desc-simple_qc.tsv"
+    path = out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv"
     qc = read_tsv(path)
     assert len(qc) == 40  # every run, the excluded one included
     assert list(qc.columns[:3]) == ["participant_id", "session_id", "run"]

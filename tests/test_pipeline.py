@@ -41,8 +41,8 @@ def outputs(demo, tmp_path_factory) -> Path:
     bids, config = demo
     out = tmp_path_factory.mktemp("out") / "derivatives"  # same depth as tmp_path / "again"
     before = tree_digest(bids)
-    assert main([str(bids), str(out), "participant", "--config", str(config)]) == 0
-    assert main([str(bids), str(out), "group", "--config", str(config)]) == 0
+    assert main([str(bids), str(out), "participant", "--no-reports", "--config", str(config)]) == 0
+    assert main([str(bids), str(out), "group", "--no-reports", "--config", str(config)]) == 0
     assert tree_digest(bids) == before, "nothing may be written into BIDS_DIR"
     return out
 
@@ -137,9 +137,13 @@ def test_rerun_and_parallel_are_byte_identical(outputs, demo, tmp_path):
     bids, config = demo
     again = tmp_path / "again"
     assert (
-        main([str(bids), str(again), "participant", "--config", str(config), "--n-jobs", "2"]) == 0
+        main(
+            [str(bids), str(again), "participant", "--no-reports", "--config", str(config)]
+            + ["--n-jobs", "2"]
+        )
+        == 0
     )
-    assert main([str(bids), str(again), "group", "--config", str(config)]) == 0
+    assert main([str(bids), str(again), "group", "--no-reports", "--config", str(config)]) == 0
     assert tree_digest(again) == tree_digest(outputs)
 
 
@@ -152,7 +156,16 @@ def test_bad_run_fails_clearly_others_go_on(demo, tmp_path, capsys):
     bold.write_bytes(gzip.compress(raw[: len(raw) // 3]))  # truncated data
     out = tmp_path / "out"
     code = main(
-        [str(broken), str(out), "participant", "--config", str(config), "--participant-label", "02"]
+        [
+            str(broken),
+            str(out),
+            "participant",
+            "--no-reports",
+            "--config",
+            str(config),
+            "--participant-label",
+            "02",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 65
@@ -175,7 +188,7 @@ def test_aggregate_session_and_subject(tmp_path):
         cfg = tmp_path / "d" / f"{level}.yaml"  # beside demo.yaml: relative atlas paths hold
         cfg.write_text(yaml.safe_dump(data))
         out = tmp_path / f"out-{level}"
-        assert main([str(bids), str(out), "participant", "--config", str(cfg)]) == 0
+        assert main([str(bids), str(out), "participant", "--no-reports", "--config", str(cfg)]) == 0
         rel = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_relmat.tsv"))
         ts = sorted(out.rglob("*_timeseries.tsv"))
         assert len(ts) == 4  # time series stay per run
@@ -222,7 +235,7 @@ def test_fully_censored_run_fails_clearly_excluded_run_is_recorded(tmp_path, cap
     cfg = tmp_path / "d" / "scrub.yaml"
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "--config", str(cfg)])
+    code = main([str(bids), str(out), "participant", "--no-reports", "--config", str(cfg)])
     err = capsys.readouterr().err
     assert code == 1
     assert "every volume is censored" in err and "sub-02_task-rest_desc-confounds" in err
@@ -241,6 +254,6 @@ def test_fully_censored_run_fails_clearly_excluded_run_is_recorded(tmp_path, cap
             "ExclusionReason"
         ]
     )
-    assert main([str(bids), str(out), "group", "--config", str(cfg)]) == 0
-    qc_table = read_tsv(out / "group" / "task-rest_desc-scrub_qc.tsv")
+    assert main([str(bids), str(out), "group", "--no-reports", "--config", str(cfg)]) == 0
+    qc_table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-scrub_qc.tsv")
     assert qc_table["excluded"].tolist() == [False, True, True]

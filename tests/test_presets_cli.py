@@ -51,7 +51,12 @@ def test_each_preset_writes_sidecars_that_say_what_was_removed(preset, demo, tmp
     cfg = dest / f"{preset}.yaml"
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
-    assert main([str(dest / "fmriprep"), str(out), "participant", "--config", str(cfg)]) == 0
+    assert (
+        main(
+            [str(dest / "fmriprep"), str(out), "participant", "--no-reports", "--config", str(cfg)]
+        )
+        == 0
+    )
 
     den = data["denoise"]
     atlas = data["atlases"][0]["name"]
@@ -121,8 +126,8 @@ def test_every_measure_and_estimator_from_the_cli(demo, tmp_path):
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
     bids = str(dest / "fmriprep")
-    assert main([bids, str(out), "participant", "--config", str(cfg)]) == 0
-    assert main([bids, str(out), "group", "--config", str(cfg)]) == 0
+    assert main([bids, str(out), "participant", "--no-reports", "--config", str(cfg)]) == 0
+    assert main([bids, str(out), "group", "--no-reports", "--config", str(cfg)]) == 0
     atlas = data["atlases"][0]["name"]
     n_regions = len(read_tsv(out / f"atlas-{atlas}_dseg.tsv"))
     for est in data["connectivity"]["estimator"]:

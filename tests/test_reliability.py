@@ -37,7 +37,8 @@ def bids(demo, tmp_path) -> Path:
 
 
 def run(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
+    extra = ["--no-reports"] if len(args) > 2 and args[2] in ("participant", "group") else []
+    code = main([str(a) for a in args] + extra)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, err
@@ -196,7 +197,7 @@ def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys, capl
     code, _ = run(capsys, demo[0], out, "group", "--config", demo[1])
     assert code == 0
     assert "no usable *_qc.json" in caplog.text and "sub-02" in caplog.text
-    table = read_tsv(out / "group" / "task-rest_desc-simple_qc.tsv")
+    table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")
     assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
 
 
@@ -321,7 +322,9 @@ def test_corrupt_json_sidecar_fails_only_its_run(demo, bids, tmp_path, capsys, w
 @pytest.fixture(scope="module")
 def participant_outputs(demo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("grp") / "out"
-    assert main([str(demo[0]), str(out), "participant", "--config", str(demo[1])]) == 0
+    assert (
+        main([str(demo[0]), str(out), "participant", "--config", str(demo[1]), "--no-reports"]) == 0
+    )
     return out
 
 
@@ -384,16 +387,21 @@ def test_bad_time_series_is_left_out_of_the_tangent_space(
 # --- formats users bring ------------------------------------------------------------------------
 
 
-def test_legacy_confound_names_in_custom_confounds(shared_data):
+def test_legacy_confound_names_in_custom_confounds(tmp_path):
+    """A user's X / RotX columns of an fMRIPrep 1.0/1.1 file (renamed trans_x / rot_x on
+    reading) are accepted in denoise.confounds, as names and in regular expressions."""
     from bids_app.config import DenoiseConfig
     from bids_app.confounds import read_confounds, select_confounds
 
-    tsv = shared_data / "confounds/nilearn_fmriprep/test_desc-confounds_regressors.tsv"
+    rng = np.random.default_rng(0)
+    legacy = ["X", "Y", "Z", "RotX", "RotY", "RotZ", "CSF", "WhiteMatter", "FramewiseDisplacement"]
+    tsv = tmp_path / "sub-01_task-rest_bold_confounds.tsv"
+    frame = __import__("pandas").DataFrame(rng.standard_normal((20, len(legacy))), columns=legacy)
+    frame.to_csv(tsv, sep="\t", index=False)
     table, meta = read_confounds(tsv)
-    if "X" not in table.attrs.get("renamed", {}):
-        pytest.skip("this file has no fMRIPrep 1.x names")
+    assert "X" in table.attrs["renamed"] and "trans_x" in table.columns
     den = DenoiseConfig(strategy="none", confounds=["X", "Rot[XY]"])
-    sel = select_confounds(table, meta, den, n_volumes=len(table), source=str(tsv))
+    sel = select_confounds(table, meta, den, n_volumes=20, source=str(tsv))
     assert sel.provenance["ConfoundRegressors"] == ["rot_x", "rot_y", "trans_x"]
 
 
@@ -454,3 +462,37 @@ def test_truncated_gzip_bold_names_the_file(demo, bids, tmp_path, capsys):
     bold.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     code, err = run(capsys, bids, tmp_path / "out", "participant", "--config", demo[1])
     assert code == 65 and bold.name in err and "truncated" in err
+
+
+def test_coordinate_files_as_atlas_authors_distribute_them(tmp_path):
+    """Whitespace-delimited with a header (Seitzman's ROI list), case-insensitive columns,
+    and a per-seed radius column on request."""
+    from bids_app.config import parse_config
+    from bids_app.extract import load_atlas, prepare
+
+    rois = tmp_path / "ROIs_300inVol_MNI.txt"
+    rois.write_text(
+        "X   Y   Z   radius(mm)  netWorkbenchLabel  netName\n"
+        "-24 -98 -12 4 1 Visual\n"
+        "27  -97 -13 4 1 Visual\n"
+        "24  32  -18 5 2 Default\n"
+        "-56 -45 -24 6 3 unassigned\n"
+    )
+    grid = np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1.0]])
+    sizes = {}
+    for radius in (5, "table"):
+        cfg = parse_config(
+            {
+                "atlases": [
+                    {"name": "Seitz", "kind": "spheres", "coordinates": str(rois), "radius": radius}
+                ]
+            },
+            tmp_path,
+        ).atlases[0]
+        src = load_atlas(cfg)
+        assert src.lut[["x", "y", "z"]].to_numpy().tolist()[2] == [24, 32, -18]
+        assert src.lut["network"].tolist() == ["Visual", "Visual", "Default", "unassigned"]
+        sizes[radius] = prepare([src], (91, 109, 91), grid).atlases[0].n_voxels
+    assert src.lut["radius"].tolist() == [4, 4, 5, 6]
+    uniform, own = sizes[5], sizes["table"]
+    assert (own[:2] < uniform[:2]).all() and own[2] == uniform[2] and own[3] > uniform[3]

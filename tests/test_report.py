@@ -339,7 +339,7 @@ def test_group_report_compares_the_denoising_labels(outputs):
         assert len(list(figs.glob(f"*_desc-{desc}_relmat.png"))) == len(
             made[desc][1].config.atlases
         )
-        assert (figs / f"task-rest_desc-{desc}_qc.svg").is_file()
+        assert (figs / f"task-rest_space-MNI152NLin2009cAsym_desc-{desc}_qc.svg").is_file()
 
 
 def _digests(out: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ def test_bids_validator_finds_no_error_and_no_fixable_warning(tmp_path):
     validator = shutil.which("bids-validator-deno")
     if validator is None:
         pytest.skip("bids-validator-deno not installed (pip install '.[test]')")
-    config = build_demo(tmp_path / "demo", DemoSpec(n_subjects=3, n_sessions=2, n_volumes=40))
+    config = build_demo(tmp_path / "demo", DemoSpec(n_subjects=3, n_sessions=1, n_volumes=40))
     bids, out = tmp_path / "demo" / "fmriprep", tmp_path / "out"
     assert main([str(bids), str(out), "participant", "--config", str(config)]) == 0
     assert main([str(bids), str(out), "group", "--config", str(config)]) == 0

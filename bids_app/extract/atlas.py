@@ -77,7 +77,7 @@ class AtlasSource:
     affine: np.ndarray | None = None
     # spheres
     seeds: np.ndarray | None = None
-    radius: float | None = None
+    radius: float | np.ndarray | None = None  # one for all seeds, or one per seed
 
     @property
     def region_names(self) -> list[str]:
@@ -96,10 +96,16 @@ def _read_table(path: Path | str, what: str) -> pd.DataFrame:
     path = Path(path)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     if path.suffix.lower() not in (".tsv", ".csv"):
-        first = path.read_text(errors="replace").splitlines()[:1]
-        sep = "\t" if first and "\t" in first[0] else ","
+        # other text tables (e.g. Seitzman's ROI list): tabs, commas, else any whitespace
+        try:
+            first = path.read_text(errors="replace").splitlines()[:1]
+        except OSError as err:
+            raise InputDataError(f"{path}: cannot read the {what} table: {err}") from None
+        sep = "\t" if first and "\t" in first[0] else "," if first and "," in first[0] else r"\s+"
     try:
-        raw = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(
+            path, sep=sep, header=None, dtype=str, keep_default_na=False, engine="python"
+        )
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise InputDataError(f"{path}: cannot read the {what} table: {err}") from None
     if raw.empty:
@@ -212,9 +218,15 @@ def read_coordinates(spec: str | Path) -> pd.DataFrame:
     out = pd.DataFrame({"index": index, "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]})
     name_col = _column(frame, ("name", "label", "region", "roi_name"))
     out["name"] = frame[name_col].to_numpy() if name_col else [str(i) for i in index]
-    net_col = _column(frame, ("network",))
+    net_col = _column(frame, ("network", "netname", "network_name"))
     if net_col:
         out["network"] = frame[net_col].to_numpy()
+    radius_col = _column(frame, ("radius", "radius(mm)", "radius_mm", "radiusmm"))
+    if radius_col:
+        try:
+            out["radius"] = frame[radius_col].astype(float).to_numpy()
+        except ValueError:
+            raise InputDataError(f"{path}: column {radius_col!r} must hold numbers (mm)") from None
     return out
 
 
@@ -434,6 +446,16 @@ def _load_labels(cfg) -> AtlasSource:
                 Path(cfg.labels).name,
                 missing[:10],
             )
+        unnamed = sorted(set(ids.tolist()) - set(names))
+        if unnamed:
+            log.warning(
+                "%s: %d label values of %s are not in %s and are named by their value: %s",
+                cfg.name,
+                len(unnamed),
+                Path(cfg.image).name,
+                Path(cfg.labels).name,
+                unnamed[:10] + (["..."] if len(unnamed) > 10 else []),
+            )
         ids = np.union1d(ids, np.asarray(sorted(names), dtype=np.int64)).astype(np.int64)
     if len(ids) == 0:
         raise InputDataError(f"{cfg.image}: the labels image has no label (only background)")
@@ -546,7 +568,7 @@ def maps_centres(maps: sparse.csc_matrix, shape: tuple[int, ...], affine: np.nda
 
 def _maps_names(cfg, n_maps: int) -> list[str]:
     if cfg.labels is None:
-        return [str(i) for i in range(n_maps)]
+        return [str(i) for i in range(1, n_maps + 1)]
     table = read_label_table(cfg.labels)
     if len(table) != n_maps:
         # a background row is tolerated in front
@@ -560,7 +582,7 @@ def _maps_names(cfg, n_maps: int) -> list[str]:
             raise InputDataError(
                 f"{cfg.labels}: {len(table)} names for {n_maps} maps in {Path(cfg.image).name}"
             )
-    return unique_names([str(n) for n in table["name"]], list(range(n_maps)))
+    return unique_names([str(n) for n in table["name"]], list(range(1, n_maps + 1)))
 
 
 def _load_maps(cfg) -> AtlasSource:
@@ -570,7 +592,7 @@ def _load_maps(cfg) -> AtlasSource:
     if maps.shape[1] == 0 or maps.nnz == 0:
         raise InputDataError(f"{cfg.image}: the maps image is empty (all zeros)")
     names = _maps_names(cfg, maps.shape[1])
-    lut = make_lut(np.arange(maps.shape[1]), names, centres)
+    lut = make_lut(np.arange(1, maps.shape[1] + 1), names, centres)  # 1-based, as labels
     return AtlasSource(
         name=cfg.name,
         kind="maps",
@@ -623,10 +645,10 @@ def _load_regions(cfg) -> AtlasSource:
     centres = maps_centres(maps, shape3, affine)
     n = region_maps.shape[3]
     lut = make_lut(
-        np.arange(n),
-        [str(i) for i in range(n)],
+        np.arange(1, n + 1),  # 1-based, as labels
+        [str(i) for i in range(1, n + 1)],
         centres,
-        parent_map=np.asarray(parents, dtype=int),
+        parent_map=np.asarray(parents, dtype=int) + 1,
     )
     out_img = nib.Nifti1Image(region_maps, affine)
     out_img.header.set_xyzt_units("mm")
@@ -649,7 +671,16 @@ def _load_spheres(cfg) -> AtlasSource:
     table = read_coordinates(cfg.coordinates)
     if len(table) == 0:
         raise InputDataError(f"{cfg.coordinates}: no coordinates")
-    radius = None if cfg.radius is None else float(cfg.radius)
+    if cfg.radius == "table":  # one radius per seed, from the table's radius column
+        if "radius" not in table.columns:
+            raise InputDataError(
+                f"{cfg.coordinates}: radius: table needs a radius column (radius, radius(mm))"
+            )
+        radius = table["radius"].to_numpy(dtype=float)
+        if not (np.isfinite(radius).all() and (radius > 0).all()):
+            raise InputDataError(f"{cfg.coordinates}: the radius column must be positive numbers")
+    else:
+        radius = None if cfg.radius is None else float(cfg.radius)
     lut = make_lut(
         table["index"].astype(int).to_numpy(),
         unique_names([str(n) for n in table["name"]], table["index"].tolist()),

@@ -28,8 +28,7 @@ class RunSignals:
 
     signals: dict[str, np.ndarray] = field(default_factory=dict)
     coverage: dict[str, pd.DataFrame] = field(default_factory=dict)
-    n_volumes: int = 0
-    zooms: tuple[float, ...] = ()
+    n_nonfinite: int = 0  # voxels used by an atlas with a NaN / infinite value (counted as 0)
 
 
 def _check_grid(reader: VolumeReader, ops: Operators) -> None:
@@ -89,7 +88,7 @@ def extract_run(
     usable = ~bad & (vmax > vmin) if vmin is not None else np.zeros(n_g, bool)
     usable_w = ops.support @ usable.astype(float)
     usable_n = (ops.support != 0).astype(float) @ usable.astype(float)
-    out = RunSignals(n_volumes=n_t, zooms=reader.zooms)
+    out = RunSignals(n_nonfinite=int(bad.sum()))
     region0 = 0
     for op in ops.atlases:
         k = op.n_regions

@@ -34,11 +34,12 @@ def _box(seed: np.ndarray, reach: float, inv: np.ndarray, shape: tuple[int, ...]
 
 def sphere_candidates(
     seeds: np.ndarray,
-    radius: float | None,
+    radius: float | np.ndarray | None,
     shape: tuple[int, int, int],
     affine: np.ndarray,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Grid-level sphere membership, before any mask.
+    """Grid-level sphere membership, before any mask. ``radius``: one for every seed, one
+    per seed (an array), or None (the nearest voxel only).
 
     Returns
     -------
@@ -53,11 +54,12 @@ def sphere_candidates(
     affine = np.asarray(affine, dtype=float)
     inv = np.linalg.inv(affine)
     shape = tuple(int(n) for n in shape[:3])
-    r = 0.0 if radius is None else float(radius)
+    seeds = np.asarray(seeds, dtype=float)
+    radii = np.broadcast_to(np.asarray(0.0 if radius is None else radius, dtype=float), len(seeds))
     core: list[np.ndarray] = []
     same_list: list[np.ndarray] = []
     empty = np.zeros(0, dtype=np.int64)
-    for seed in np.asarray(seeds, dtype=float):
+    for seed, r in zip(seeds, radii, strict=True):
         lo, hi = _box(seed, max(r, 2.0), inv, shape)
         if np.any(hi < lo):
             core.append(empty)

@@ -983,7 +983,7 @@ def extract_surface_run(
             slow_vals[op.name][:, pos] = vals[cols[pos] - a].T
     usable_w = ops.support @ usable.astype(float)
     usable_n = np.rint(ops.support_count @ usable.astype(float)).astype(int)
-    out = RunSignals(n_volumes=n_t, zooms=())
+    out = RunSignals()
     region0 = 0
     for op in ops.atlases:
         k = op.n_regions

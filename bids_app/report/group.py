@@ -2,7 +2,7 @@
 ``group/subset-<label>/report.html`` for a selection), from the group files only.
 
 For every denoising label (``desc``) present in the folder: the QC overview
-(``task-<T>_desc-<D>_qc.tsv``), QC-FC (``*_qcfc.tsv`` / ``.json``) and the group mean
+(``task-<T>_space-<S>_desc-<D>_qc.tsv``), QC-FC (``*_qcfc.tsv`` / ``.json``) and the group mean
 matrices (``*_relmat.tsv``); when several labels are present, a side-by-side comparison
 of their QC-FC benchmarks and the volumes they lose. Figures go to
 ``<group folder>/figures/`` (SVG plots, PNG matrices) and are rebuilt on every call;
