@@ -505,13 +505,18 @@ def compare_cli(out: Path, ref: Path) -> dict[str, tuple[float, float]]:
             diffs[key] = (float("nan"), float("nan"))
             continue
         got = read_tsv(found[0]).to_numpy(dtype=float)
+        ref = b[key]
+        # Regions without signal: n/a columns here; nilearn drops them (spheres outside the
+        # image) or keeps them as zeros (labels outside the mask): compare the others.
+        keep = ~np.isnan(got).all(axis=0)
+        ref_ts = b[f"{atlas}_timeseries"]
+        ref_keep = np.abs(ref_ts).max(axis=0) > 0
         if what == "timeseries":
-            got = got[:, ~np.isnan(got).all(axis=0)]
+            got, ref = got[:, keep], ref[:, ref_keep]
         else:
-            keep = ~np.isnan(got).all(axis=0)
-            got = got[np.ix_(keep, keep)]
-        diff = float(np.nanmax(np.abs(got - b[key])))
-        diffs[key] = (diff, diff / float(np.nanmax(np.abs(b[key]))))
+            got, ref = got[np.ix_(keep, keep)], ref[np.ix_(ref_keep, ref_keep)]
+        diff = float(np.nanmax(np.abs(got - ref)))
+        diffs[key] = (diff, diff / float(np.nanmax(np.abs(ref))))
     return diffs
 
 

@@ -328,12 +328,7 @@ def denoise(
         t_r=t_r,
         confounds=None if sel.confounds is None else sel.confounds.to_numpy(dtype=float),
         sample_mask=sel.sample_mask,
-        detrend=den.detrend,
-        standardize=den.standardize,
-        standardize_confounds=den.standardize_confounds,
-        filter=den.filter,
-        low_pass=den.low_pass,
-        high_pass=den.high_pass,
+        **den.clean_options(),
     )
     kept = np.arange(len(frame)) if sel.sample_mask is None else np.asarray(sel.sample_mask)
     return pd.DataFrame(cleaned, columns=frame.columns, index=pd.Index(kept, name="volume"))

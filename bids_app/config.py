@@ -113,6 +113,18 @@ class DenoiseConfig(_Strict):
             raise ValueError("filter 'cosine' is a high-pass only: set low_pass to null")
         return self
 
+    def clean_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`bids_app.clean.clean` this section sets."""
+        keys = (
+            "detrend",
+            "standardize",
+            "standardize_confounds",
+            "filter",
+            "low_pass",
+            "high_pass",
+        )
+        return {k: getattr(self, k) for k in keys}
+
 
 class _AtlasBase(_Strict):
     name: Label
@@ -482,13 +494,26 @@ def _format_errors(err: ValidationError, source: str, data: Any) -> str:
     for where, items in seen.items():
         # a union (e.g. a number or "table"): keep the branches of the input's own type
         if len(items) > 1:
-            typed = [m for m, e in items if not (e["type"] == "literal_error" and not isinstance(e.get("input"), str))]
+            typed = [
+                m
+                for m, e in items
+                if not (e["type"] == "literal_error" and not isinstance(e.get("input"), str))
+            ]
             items = [(m, {}) for m in (typed or [m for m, _ in items])]
         lines.append(f"  {where}: {'; or '.join(m for m, _ in items)}")
     return "\n".join(lines)
 
 
-_TAGS = ("constrained-float", "constrained-int", "constrained-str", "function-after", "str", "int", "float", "bool")
+_TAGS = (
+    "constrained-float",
+    "constrained-int",
+    "constrained-str",
+    "function-after",
+    "str",
+    "int",
+    "float",
+    "bool",
+)
 
 
 def _resolve(value: Any, base: Path) -> Any:

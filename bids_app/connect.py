@@ -15,23 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg
 
+from .vocabulary import CORRELATION_LIKE, ESTIMATORS, normalize_measure
+from .vocabulary import PARTICIPANT_MEASURES as MEASURES
+
 log = logging.getLogger(__name__)
 
-MEASURES = ("correlation", "partialcorrelation", "covariance", "precision")
-ESTIMATORS = ("ledoit_wolf", "empirical", "graphical_lasso")
-CORRELATION_LIKE = ("correlation", "partialcorrelation")
-ESTIMATOR_NAMES = {
-    "ledoit_wolf": "LedoitWolf (scikit-learn)",
-    "empirical": "EmpiricalCovariance (scikit-learn)",
-    "graphical_lasso": "GraphicalLassoCV (scikit-learn)",
-}
-MEASURE_DESCRIPTIONS = {
-    "correlation": "Pearson correlation of the cleaned region signals",
-    "partialcorrelation": "Partial correlation (from the inverse covariance)",
-    "covariance": "Covariance",
-    "precision": "Precision (inverse covariance)",
-    "tangent": "Tangent-space embedding around the group geometric mean (Varoquaux et al. 2010)",
-}
 _EPS = np.finfo(np.float64).eps
 
 
@@ -52,11 +40,6 @@ def make_estimator(estimator: str):
     raise ValueError(
         f"unknown covariance estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}"
     )
-
-
-def normalize_measure(measure: str) -> str:
-    """``"partial correlation"`` / ``"partial_correlation"`` -> ``"partialcorrelation"``."""
-    return measure.replace(" ", "").replace("_", "").lower()
 
 
 def valid_regions(timeseries: np.ndarray) -> np.ndarray:

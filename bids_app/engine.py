@@ -296,12 +296,7 @@ def compute_run(run: RunInputs, ctx: RunContext) -> RunRecord:
         t_r=t_r,
         confounds=regressors,
         sample_mask=sel.sample_mask,
-        detrend=den.detrend,
-        standardize=den.standardize,
-        standardize_confounds=den.standardize_confounds,
-        filter=den.filter,
-        low_pass=den.low_pass,
-        high_pass=den.high_pass,
+        **den.clean_options(),
     )
     parts = np.split(cleaned, np.cumsum([r.shape[1] for r in raw])[:-1], axis=1)
     _drop_flat_regions(run, ctx.sources, raw, parts)

@@ -20,7 +20,14 @@ from pathlib import Path
 from . import naming, state
 from .config import Config
 from .discover import RunInputs
-from .engine import RunContext, RunOutcome, RunTask, UnitTask, process_run, process_unit
+from .engine import (
+    RunContext,
+    RunOutcome,
+    RunTask,
+    UnitTask,
+    process_run,
+    process_unit,
+)
 from .errors import EXIT_DATA, EXIT_FAILURE, EXIT_OK, OutputError
 from .write import nifti_bytes, to_json_text, tsv_text, write_if_changed
 
@@ -88,7 +95,7 @@ def load_atlases(ctx: RunContext) -> None:
     if not ctx.sources:
         atlases = ctx.config.applicable_atlases
         if ctx.config.grid == "volume":
-            ctx.sources = [extract.load_atlas(a) for a in atlases]
+            ctx.sources = [extract.load_atlas(a, ctx.cache_dir) for a in atlases]
         else:
             from .extract.surface import load_surface_atlas_config
 

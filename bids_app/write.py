@@ -115,9 +115,14 @@ def matrix_text(values: np.ndarray, columns: list[str], float_format: str = "%.1
             buf, sep="\t", index=False, na_rep=NA, float_format=float_format, lineterminator="\n"
         )
         return buf.getvalue()
+    values = np.asarray(values, dtype=np.float64)
     lines = ["\t".join(columns)]
-    for row in np.asarray(values, dtype=np.float64).tolist():
-        lines.append("\t".join([NA if v != v else float_format % v for v in row]))
+    if values.shape[1:] == (0,):
+        lines += [""] * values.shape[0]
+    else:
+        row_format = "\t".join([float_format] * values.shape[1])  # one C-level call per row
+        # NaN formats as "nan" (no number does): n/a
+        lines += [(row_format % tuple(row)).replace("nan", NA) for row in values.tolist()]
     return "\n".join(lines) + "\n"
 
 

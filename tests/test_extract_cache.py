@@ -340,3 +340,34 @@ def test_temporary_files_of_killed_writers_are_cleaned(data, tmp_path):
     grid = prepare_grid([src], SHAPE, AFFINE, cache_dir=tmp_path)
     assert final.is_file() and not stale.exists() and recent.exists()
     assert cache.load_entry(tmp_path, key, src.kind).keys() == grid.atlases[0].arrays.keys()
+
+
+def test_sources_described_by_the_cache_read_their_voxels_only_when_needed(data, tmp_path):
+    """A second job loads its atlases from small cache entries (no voxel array read); with
+    the grid in the operator cache it never reads them; on a grid that is not, it does.
+    Either way, the same operators and signals as atlases loaded from their files."""
+    cache_dir, mask = tmp_path / "cache", data["mask"]
+    plain = extract.prepare(data["sources"], SHAPE, AFFINE, mask)
+    first = [extract.load_atlas(atlas_cfg(**a), cache_dir) for a in data["atlases"]]
+    assert not any(s.light for s in first)  # read from the files, entries written
+    extract.prepare_grid(first, SHAPE, AFFINE, cache_dir=cache_dir)  # the grid cached
+    light = [extract.load_atlas(atlas_cfg(**a), cache_dir) for a in data["atlases"]]
+    assert [s.light for s in light] == [True, True, True, False]  # spheres have no voxels
+    for a, b in zip(light, data["sources"], strict=True):
+        pd.testing.assert_frame_equal(a.lut, b.lut)
+        assert a.digest == b.digest and a.labels is None and a.maps is None
+    warm = extract.prepare(light, SHAPE, AFFINE, mask, cache_dir=cache_dir)
+    assert all(s.light for s in light[:3]), "a warm grid cache reads no voxel array"
+    assert_same_operators(warm, plain)
+    _same_signals(_signals(data, warm), _signals(data, plain))
+    other = AFFINE.copy()
+    other[:3, 3] += 1.5  # another grid: not cached, the voxels are read
+    ref = extract.prepare(data["sources"], SHAPE, other, mask)
+    cold = extract.prepare(light, SHAPE, other, mask, cache_dir=cache_dir)
+    assert not any(s.light for s in light)
+    assert_same_operators(cold, ref)
+    # a damaged entry: the atlas is read from its files again
+    entry = cache_dir / f"source-labels-{data['sources'][0].digest}.json"
+    entry.write_text("{")
+    again = extract.load_atlas(atlas_cfg(**data["atlases"][0]), cache_dir)
+    assert not again.light and again.labels is not None

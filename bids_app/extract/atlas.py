@@ -78,6 +78,11 @@ class AtlasSource:
     # spheres
     seeds: np.ndarray | None = None
     radius: float | np.ndarray | None = None  # one for all seeds, or one per seed
+    # the config entry, and whether the voxel arrays (labels, maps) are still to be read:
+    # a source described by the cache (:func:`load_atlas`) reads them only if a grid needs
+    # them (see :func:`ensure_loaded`)
+    cfg: Any = None
+    light: bool = False
 
     @property
     def region_names(self) -> list[str]:
@@ -295,7 +300,7 @@ def _as_3d(data: np.ndarray, path: Path | str, what: str) -> np.ndarray:
 
 def load_mask_image(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """A mask image as a boolean array (any non-zero, all volumes) and its affine."""
-    img = load_image(path, "mask")
+    img = load_image(path, "mask image")
     data = np.asanyarray(img.dataobj)
     data = np.where(np.isfinite(data), data, 0) if data.dtype.kind == "f" else data
     if data.ndim == 4:
@@ -348,7 +353,7 @@ def resample(
 
 
 def _labels_array(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    img = load_image(path, "labels")
+    img = load_image(path, "labels image")
     data = _as_3d(np.asanyarray(img.dataobj), path, "labels")
     if data.dtype.kind == "f":
         data = np.where(np.isfinite(data), data, 0)
@@ -610,7 +615,7 @@ def _load_maps(cfg) -> AtlasSource:
 def _load_regions(cfg) -> AtlasSource:
     from . import regions as _regions  # scipy.ndimage, skimage: only for this kind
 
-    img = load_image(cfg.image, "statistical map")
+    img = load_image(cfg.image, "statistical map image")
     data = np.asanyarray(img.dataobj)
     if data.ndim == 3:
         data = data[..., None]
@@ -701,8 +706,19 @@ def _load_spheres(cfg) -> AtlasSource:
     )
 
 
-def load_atlas(cfg) -> AtlasSource:
-    """Load one configured atlas (labels, maps, spheres or regions) in its own space."""
+_LOADERS_LIGHT = ("labels", "maps", "spheres")  # kinds a cache entry can describe
+_SOURCE_FORMAT = 1
+
+
+def load_atlas(cfg, cache_dir: Path | str | None = None) -> AtlasSource:
+    """Load one configured atlas (labels, maps, spheres or regions) in its own space.
+
+    With ``cache_dir``, what the run engine needs from the atlas besides its voxels (lookup
+    table, label values, grid, seeds) comes from a small cache entry when the atlas was
+    loaded before: its voxel arrays are then read only if a BOLD grid is not in the
+    operator cache either (:func:`ensure_loaded`), so the jobs of a cohort skip reading a
+    1 mm atlas.
+    """
     loaders = {
         "labels": _load_labels,
         "maps": _load_maps,
@@ -711,6 +727,90 @@ def load_atlas(cfg) -> AtlasSource:
     }
     if cfg.kind not in loaders:
         raise ConfigError(f"atlases.{cfg.name}: unknown kind {cfg.kind!r}")
+    digest = atlas_digest(cfg)
+    if cache_dir is not None and cfg.kind in _LOADERS_LIGHT:
+        src = _light_source(cfg, digest, Path(cache_dir))
+        if src is not None:
+            return src
     src = loaders[cfg.kind](cfg)
-    src.digest = atlas_digest(cfg)
+    src.digest, src.cfg = digest, cfg
+    if cache_dir is not None and cfg.kind in _LOADERS_LIGHT:
+        _save_light(src, Path(cache_dir))
     return src
+
+
+def ensure_loaded(src: AtlasSource) -> AtlasSource:
+    """``src`` with its voxel arrays (read now if it came from the cache)."""
+    if src.light:
+        full = load_atlas(src.cfg)
+        for name in ("labels", "atlas_mask", "atlas_mask_affine", "maps"):
+            setattr(src, name, getattr(full, name))
+        src.light = False
+    return src
+
+
+def _light_path(cache_dir: Path, kind: str, digest: str) -> Path:
+    return cache_dir / f"source-{kind}-{digest}.json"
+
+
+def _save_light(src: AtlasSource, cache_dir: Path) -> None:
+    from ..write import write_text
+
+    lut = {
+        col: {"dtype": str(src.lut[col].dtype), "values": src.lut[col].tolist()}
+        for col in src.lut.columns
+    }
+    entry = {
+        "format": _SOURCE_FORMAT,
+        "digest": src.digest,
+        "lut": lut,
+        "columns": list(src.lut.columns),
+        "label_ids": None if src.label_ids is None else np.asarray(src.label_ids).tolist(),
+        "maps_dtype": src.maps_dtype,
+        "shape": None if src.shape is None else list(src.shape),
+        "affine": None if src.affine is None else np.asarray(src.affine).tolist(),
+        "seeds": None if src.seeds is None else np.asarray(src.seeds).tolist(),
+        "radius": src.radius.tolist() if isinstance(src.radius, np.ndarray) else src.radius,
+    }
+    try:
+        write_text(_light_path(cache_dir, src.kind, src.digest), json.dumps(entry))
+    except OSError as err:  # a cache that cannot be written only costs the next load
+        log.debug("atlas %s: cache entry not written: %s", src.name, err)
+
+
+def _light_source(cfg, digest: str, cache_dir: Path) -> AtlasSource | None:
+    path = _light_path(cache_dir, cfg.kind, digest)
+    try:
+        entry = json.loads(path.read_text())
+        if entry.get("format") != _SOURCE_FORMAT or entry.get("digest") != digest:
+            return None
+        lut = pd.DataFrame(
+            {
+                col: pd.Series(entry["lut"][col]["values"], dtype=entry["lut"][col]["dtype"])
+                for col in entry["columns"]
+            }
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if path.exists():
+            log.debug("atlas %s: ignoring the cache entry %s: %s", cfg.name, path.name, err)
+        return None
+    radius = entry["radius"]
+    return AtlasSource(
+        name=cfg.name,
+        kind=cfg.kind,
+        lut=lut,
+        min_coverage=cfg.min_coverage,
+        source=str(getattr(cfg, "image", None) or getattr(cfg, "coordinates", "")),
+        digest=digest,
+        label_ids=None if entry["label_ids"] is None else np.asarray(entry["label_ids"], np.int64),
+        background=int(getattr(cfg, "background_label", 0) or 0),
+        strategy=getattr(cfg, "strategy", "mean"),
+        maps_dtype=entry["maps_dtype"],
+        allow_overlap=getattr(cfg, "allow_overlap", True),
+        shape=None if entry["shape"] is None else tuple(entry["shape"]),
+        affine=None if entry["affine"] is None else np.asarray(entry["affine"], dtype=float),
+        seeds=None if entry["seeds"] is None else np.asarray(entry["seeds"], dtype=float),
+        radius=np.asarray(radius, dtype=float) if isinstance(radius, list) else radius,
+        cfg=cfg,
+        light=cfg.kind != "spheres",  # spheres have no voxel arrays
+    )

@@ -44,6 +44,7 @@ from nibabel import cifti2
 from nibabel.volumeutils import apply_read_scaling
 
 from ..errors import InputDataError
+from .stream import load_image
 
 GRID_CIFTI = "cifti"
 GRID_GIFTI = "gifti"
@@ -90,15 +91,6 @@ def structure_name(name: str) -> str:
 def short_structure(name: str) -> str:
     """``CIFTI_STRUCTURE_CORTEX_LEFT`` -> ``CORTEX_LEFT`` (for messages and tables)."""
     return name.removeprefix("CIFTI_STRUCTURE_")
-
-
-def _load(path: Path, what: str) -> Any:
-    try:
-        return nib.load(str(path))
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: {what} not found") from None
-    except Exception as err:
-        raise InputDataError(f"{path}: not a readable {what}: {err}") from None
 
 
 # --- grayordinates ------------------------------------------------------------------------
@@ -290,7 +282,7 @@ class CiftiFile:
     def read_all(self) -> np.ndarray:
         """The whole (rows, columns) data array, floating point (for atlases: small files)."""
         if not self.streamable:
-            img = _load(self.path, "CIFTI-2 file")
+            img = load_image(self.path, "CIFTI-2 file")
             return np.asarray(np.asanyarray(img.dataobj), dtype=float)
         n_rows, n_cols = self.shape
         count = n_rows * n_cols
@@ -476,7 +468,7 @@ def _from_nibabel_axis(ax: Any) -> Any:
 
 
 def _nibabel_header(path: Path) -> CiftiFile:
-    img = _load(path, "CIFTI-2 file")
+    img = load_image(path, "CIFTI-2 file")
     if not isinstance(img, cifti2.Cifti2Image):
         what = "a GIFTI file" if isinstance(img, nib.gifti.GiftiImage) else type(img).__name__
         raise InputDataError(f"{path}: not a CIFTI-2 file ({what})")
@@ -599,7 +591,7 @@ class SurfaceData:
             return
         path = self.paths[0]
         if not cf.streamable:  # compressed or unusual storage: nibabel slicing
-            img = _load(path, "CIFTI-2 file")
+            img = load_image(path, "CIFTI-2 file")
             step = max(1, block_bytes // (8 * t))
             for a, b in _spans(n, step, used):
                 yield a, b, np.asarray(np.asanyarray(img.dataobj[:, a:b]).T, order="C")
@@ -662,7 +654,7 @@ def _read_into(fh: Any, view: memoryview) -> int:
 
 def gifti_array(path: Path, what: str) -> np.ndarray:
     """All data arrays of a GIFTI file as (vertices, arrays), floating point."""
-    img = _load(path, what)
+    img = load_image(path, what)
     if not isinstance(img, nib.gifti.GiftiImage):
         raise InputDataError(f"{path}: not a GIFTI file ({what} expected)")
     arrays = [np.asarray(da.data) for da in img.darrays]
@@ -764,7 +756,7 @@ def _open_cifti(path: Path) -> SurfaceData:
 
 
 def _gifti_frames(path: Path, expected: str) -> tuple[int, int]:
-    img = _load(path, "GIFTI time series")
+    img = load_image(path, "GIFTI time series")
     if not isinstance(img, nib.gifti.GiftiImage):
         raise InputDataError(
             f"{path}: not a GIFTI file; a GIFTI run is a pair of hemi-L / hemi-R *.func.gii files"

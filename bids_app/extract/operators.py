@@ -39,7 +39,7 @@ from scipy import sparse
 
 from ..errors import ConfigError, InputDataError
 from . import cache as _cache
-from .atlas import AtlasSource, label_positions, resample, same_grid, transform_to
+from .atlas import AtlasSource, ensure_loaded, label_positions, resample, same_grid, transform_to
 from .spheres import mask_members, overlapping, sphere_candidates
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def _check_arrays(src: AtlasSource, arrays: dict[str, np.ndarray], n_total: int)
             return False
         if kind == "float64" and arr.dtype != np.float64:
             return False
-        if kind == "weights" and arr.dtype != src.maps.dtype:
+        if kind == "weights" and arr.dtype != np.dtype(src.maps_dtype):
             return False
     n_regions = src.n_regions
 
@@ -392,7 +392,7 @@ def grid_atlas(
             )
     elif cache_dir is not None:
         log.debug("atlas %s: no content digest, not cached", src.name)
-    arrays = _GRID_BUILDERS[src.kind](src, shape, affine)
+    arrays = _GRID_BUILDERS[src.kind](ensure_loaded(src), shape, affine)
     if key is not None:
         spec = GRID_ARRAYS[src.kind]
         _cache.save_entry(

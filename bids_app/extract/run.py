@@ -101,25 +101,44 @@ def extract_run(
         w = usable_w[region0 : region0 + k]
         n_usable = np.rint(usable_n[region0 : region0 + k]).astype(int)
         region0 += k
-        with np.errstate(invalid="ignore", divide="ignore"):
-            coverage = np.where(op.weight_total > 0, w / op.weight_total, 0.0)
-        ok = op.valid.copy()
-        if op.min_coverage is not None:
-            ok &= coverage >= op.min_coverage
-        sig[:, ~ok] = np.nan
-        out.signals[op.name] = sig
-        out.coverage[op.name] = pd.DataFrame(
-            {
-                "index": op.lut["index"].to_numpy(),
-                "name": op.lut["name"].to_numpy(),
-                "n_voxels": op.n_voxels.astype(int),
-                "n_voxels_in_mask": op.n_in_mask.astype(int),
-                "n_voxels_usable": n_usable,
-                "coverage": np.round(coverage, 6),
-                "usable": ok,
-            }
-        )
+        store_atlas(out, op, sig, w, op.weight_total, (op.n_voxels, op.n_in_mask, n_usable))
     return out
 
 
-__all__ = ["RunSignals", "extract_run"]
+def store_atlas(
+    out: RunSignals,
+    op,
+    sig: np.ndarray,
+    usable_weight: np.ndarray,
+    weight_total: np.ndarray,
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray],
+    unit: str = "voxels",
+    in_data: str = "in_mask",
+) -> None:
+    """Blank regions without enough usable signal and record an atlas's signals and coverage.
+
+    ``counts`` are, per region, its size in the atlas, the part inside the data and the part
+    whose signal is usable, in ``unit`` (voxels or grayordinates).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coverage = np.where(weight_total > 0, usable_weight / weight_total, 0.0)
+    ok = op.valid.copy()
+    if op.min_coverage is not None:
+        ok &= coverage >= op.min_coverage
+    sig[:, ~ok] = np.nan
+    out.signals[op.name] = sig
+    n_all, n_in, n_usable = (np.asarray(c).astype(int) for c in counts)
+    out.coverage[op.name] = pd.DataFrame(
+        {
+            "index": op.lut["index"].to_numpy(),
+            "name": op.lut["name"].to_numpy(),
+            f"n_{unit}": n_all,
+            f"n_{unit}_{in_data}": n_in,
+            f"n_{unit}_usable": n_usable,
+            "coverage": np.round(coverage, 6),
+            "usable": ok,
+        }
+    )
+
+
+__all__ = ["RunSignals", "extract_run", "store_atlas"]

@@ -27,14 +27,14 @@ except ImportError:  # pragma: no cover - isal is a dependency
 FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 
 
-def load_image(path: Path | str, what: str = "NIfTI") -> nib.spatialimages.SpatialImage:
+def load_image(path: Path | str, what: str = "NIfTI image") -> nib.filebasedimages.FileBasedImage:
     """``nib.load`` (header only) with errors that name the file and what it should be."""
     try:
         return nib.load(str(path))
     except FileNotFoundError:
-        raise InputDataError(f"{path}: {what} image not found") from None
+        raise InputDataError(f"{path}: {what} not found") from None
     except Exception as err:
-        raise InputDataError(f"{path}: not a readable {what} image: {err}") from None
+        raise InputDataError(f"{path}: not a readable {what}: {err}") from None
 
 
 def read_header(path: Path | str) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:

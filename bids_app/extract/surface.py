@@ -64,7 +64,8 @@ from .cifti_io import (
     structure_name,
 )
 from .operators import AtlasOperator, finish_signals, prepare, slow_reduce
-from .run import RunSignals
+from .run import RunSignals, store_atlas
+from .stream import load_image
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +175,6 @@ class SurfaceAtlas:
         return len(self.lut)
 
 
-def _load(path: Path, what: str) -> Any:
-    try:
-        return nib.load(str(path))
-    except FileNotFoundError:
-        raise InputDataError(f"{path}: {what} not found") from None
-    except Exception as err:
-        raise InputDataError(f"{path}: not a readable {what}: {err}") from None
-
-
 def _integer_labels(values: np.ndarray, path: Path) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype.kind == "f":
@@ -253,7 +245,7 @@ def _read_hemi_labels(path: Path, hemi: str, label_map: int | str, background: i
             for i, n in enumerate(names)
         }
         return values, table
-    img = _load(path, "GIFTI label file")
+    img = load_image(path, "GIFTI label file")
     if not isinstance(img, nib.gifti.GiftiImage):
         raise InputDataError(f"{path}: not a GIFTI label file")
     check_hemisphere(path, img, hemi, "label file")
@@ -400,7 +392,7 @@ def _meshes(mesh: Any) -> dict[str, Path]:
 
 
 def _mesh_coordinates(path: Path, structure: str, n_vertices: int) -> np.ndarray:
-    img = _load(path, "GIFTI surface")
+    img = load_image(path, "GIFTI surface")
     if not isinstance(img, nib.gifti.GiftiImage):
         raise InputDataError(f"{path}: not a GIFTI surface file")
     if structure in (LEFT, RIGHT):
@@ -999,24 +991,8 @@ def extract_surface_run(
         w = usable_w[region0 : region0 + k]
         n_usable = usable_n[region0 : region0 + k]
         region0 += k
-        with np.errstate(invalid="ignore", divide="ignore"):
-            coverage = np.where(total > 0, w / total, 0.0)
-        ok = op.valid.copy()
-        if op.min_coverage is not None:
-            ok &= coverage >= op.min_coverage
-        sig[:, ~ok] = np.nan
-        out.signals[op.name] = sig
-        out.coverage[op.name] = pd.DataFrame(
-            {
-                "index": op.lut["index"].to_numpy(),
-                "name": op.lut["name"].to_numpy(),
-                "n_grayordinates": np.asarray(ops.n_atlas[op.name], dtype=int),
-                "n_grayordinates_in_data": op.n_in_mask.astype(int),
-                "n_grayordinates_usable": n_usable,
-                "coverage": np.round(coverage, 6),
-                "usable": ok,
-            }
-        )
+        counts = (ops.n_atlas[op.name], op.n_in_mask, n_usable)
+        store_atlas(out, op, sig, w, total, counts, unit="grayordinates", in_data="in_data")
     return out
 
 
