@@ -12,6 +12,11 @@ fail on:
 * a request leaving the file system (anything but ``file:``, ``data:``, ``about:``): the
   reports must open offline;
 * an image that did not load (``naturalWidth`` 0) or a page that is blank (little text);
+* a figure the records say the page shows but the page has no ``<img>`` for (it was missing
+  when the page was written), or an ``<img>`` of the figures folder that no record lists: a
+  participant page against every current ``sub-<L>/figures/*_figures.json`` /
+  ``*_unitfigures.json`` (current: its ``ConfigurationHash`` is that of the run's ``_qc.json``,
+  as the report decides), a group page against ``figures/.inputs.json`` (the figures drawn);
 
 and save a full-page screenshot per report (``--screenshots``, default
 ``OUTPUT_DIR/../report-screenshots``). Chromium is driven through the DevTools protocol over
@@ -146,6 +151,85 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+FIGURE_EXTENSIONS = (".png", ".svg")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _files(record) -> list[str]:
+    """Every figure file (``"File"`` value) named anywhere in a figures record."""
+    if isinstance(record, dict):
+        found = [
+            v
+            for k, v in record.items()
+            if k == "File" and isinstance(v, str) and v.endswith(FIGURE_EXTENSIONS)
+        ]
+        return found + [f for v in record.values() for f in _files(v)]
+    if isinstance(record, list):
+        return [f for v in record for f in _files(v)]
+    return []
+
+
+def _desc(name: str) -> str | None:
+    return next((p[5:] for p in name.split("_") if p.startswith("desc-")), None)
+
+
+def recorded_figures(out: Path, page: Path) -> dict[str, str]:
+    """``{<img> src the page must show: the record that lists it}`` for one report page.
+
+    Participant page ``sub-<L>.html``: the figures listed by the run records
+    (``sub-<L>/figures/<run>_desc-<D>_figures.json``) whose configuration is that of the
+    run's ``<run>_desc-<D>_qc.json``, and by the session / subject records
+    (``*_unitfigures.json``) of a configuration of one of those runs. Group page: the
+    figures of ``figures/.inputs.json``.
+    """
+    if page.name == "report.html":
+        drawn = _read_json(page.parent / "figures" / ".inputs.json")
+        return {f"figures/{name}": ".inputs.json" for name in drawn}
+    sub = page.stem
+    folder = out / sub / "figures"
+    qc_hashes: dict[str, str] = {}  # "<run>_desc-<D>" -> ConfigurationHash
+    for qc in [*out.glob(f"{sub}/func/*_qc.json"), *out.glob(f"{sub}/ses-*/func/*_qc.json")]:
+        qc_hashes[qc.name.removesuffix("_qc.json")] = _read_json(qc).get("ConfigurationHash")
+    by_desc: dict[str | None, set] = {}
+    for stem, value in qc_hashes.items():
+        by_desc.setdefault(_desc(stem), set()).add(value)
+    expected: dict[str, str] = {}
+    for path in sorted(folder.glob("*_figures.json")):
+        record = _read_json(path)
+        stem = path.name.removesuffix("_figures.json")
+        if stem in qc_hashes and record.get("ConfigurationHash") == qc_hashes[stem]:
+            expected.update({f"{sub}/figures/{f}": path.name for f in _files(record)})
+    for path in sorted(folder.glob("*_unitfigures.json")):
+        record = _read_json(path)
+        if record.get("ConfigurationHash") in by_desc.get(_desc(path.name), set()):
+            expected.update({f"{sub}/figures/{f}": path.name for f in _files(record)})
+    return expected
+
+
+def compare_figures(out: Path, page: Path, shown: list[str]) -> list[str]:
+    """Problems of the page's ``<img>`` sources against what the figure records list."""
+    expected = recorded_figures(out, page)
+    folder = "figures/" if page.name == "report.html" else f"{page.stem}/figures/"
+    problems = [
+        f"figure listed in {record} not shown (no <img>): {src}"
+        for src, record in sorted(expected.items())
+        if src not in shown
+    ]
+    problems += [
+        f"<img> of a figure no current record lists: {src}"
+        for src in sorted(set(shown))
+        if src.startswith(folder) and src not in expected
+    ]
+    return problems
+
+
 CHECK_JS = """
 (() => {
   const imgs = Array.from(document.images).map(i => ({
@@ -158,9 +242,17 @@ CHECK_JS = """
 
 
 def check_page(
-    browser: Browser, path: Path, screenshot: Path, max_height: int = MAX_HEIGHT
+    browser: Browser,
+    path: Path,
+    screenshot: Path,
+    max_height: int = MAX_HEIGHT,
+    output_dir: Path | None = None,
 ) -> list[str]:
-    """Load one report; return the problems found (empty: the page is fine)."""
+    """Load one report; return the problems found (empty: the page is fine).
+
+    With ``output_dir``, the page's images are also compared with the figure records
+    (:func:`compare_figures`).
+    """
     problems: list[str] = []
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
@@ -212,6 +304,8 @@ def check_page(
             problems.append(f"failed to load: {params.get('errorText')}")
     missing = [i["src"] for i in info["images"] if not i["complete"] or i["width"] == 0]
     problems += [f"image did not load: {src}" for src in missing]
+    if output_dir is not None:
+        problems += compare_figures(output_dir, path, [i["src"] for i in info["images"]])
     if info["text"] < MIN_TEXT:
         problems.append(f"blank page: {info['text']} characters of text")
     height = min(max_height, max(900, int(info["height"])))
@@ -286,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in reports:
                 rel = path.relative_to(out).with_suffix("").as_posix().replace("/", "_")
                 try:
-                    problems = check_page(browser, path, shots / f"{rel}.png", args.max_height)
+                    problems = check_page(browser, path, shots / f"{rel}.png", args.max_height, out)
                 except Exception as err:  # a crashed browser is a failure, not a traceback
                     problems = [f"{type(err).__name__}: {err}"]
                     print(f"FAIL: {path}")

@@ -256,8 +256,10 @@ class _LogFile:
         try:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.path, dest / self.path.name)
-            if self.config_path is not None:
-                shutil.copyfile(self.config_path, dest / f"{self.stem}_config.yaml")
+            from .config import packaged_config
+
+            config = self.config_path if self.config_path is not None else packaged_config()
+            shutil.copyfile(config, dest / f"{self.stem}_config.yaml")
         except OSError as err:
             print(
                 f"bids-connectome: warning: cannot write the log to {dest}: {err}", file=sys.stderr

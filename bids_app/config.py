@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -209,8 +211,8 @@ _PERCENT = re.compile(r"^\d+(\.\d+)?%$")
 class RegionsAtlas(_AtlasBase):
     kind: Literal["regions"]
     image: Path
+    two_sided: bool = True  # before threshold: its validator reads two_sided
     threshold: float | str = 1.0  # a number is a value; a string is a percentile ("97%")
-    two_sided: bool = True
     cluster_threshold: Annotated[int, Field(ge=0)] = 0
     extract_type: Literal["connected_components", "local_regions"] = "local_regions"
     min_region_size: Annotated[float, Field(ge=0)] = 1350.0
@@ -229,7 +231,22 @@ class RegionsAtlas(_AtlasBase):
                 f"the string {value!r} is not a percentile: write a number for a value "
                 "(threshold: 3.1) or a percentage for a percentile (threshold: '97%')"
             )
+        if isinstance(value, str) and float(value.strip()[:-1]) > 100:
+            raise ValueError(f"the percentile {value!r} must be between 0% and 100%")
+        if not isinstance(value, str) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
         return value.strip() if isinstance(value, str) else float(value)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_sign(cls, value: float | str, info: ValidationInfo) -> float | str:
+        if isinstance(value, float) and value < 0 and info.data.get("two_sided", False):
+            raise ValueError(
+                f"{value:g} is negative, but with two_sided: true the threshold applies to "
+                "absolute values: give a positive value, or set two_sided: false to keep the "
+                f"values at or below {value:g}"
+            )
+        return value
 
 
 AtlasConfig = Annotated[
@@ -249,6 +266,8 @@ class ConnectivityConfig(_Strict):
     def _measures(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
+        if not isinstance(value, list):
+            return value  # pydantic reports "must be a list"
         out = []
         for item in value:
             key = normalize_measure(item)
@@ -434,17 +453,65 @@ def _model_at(loc: list, data: Any) -> type[BaseModel] | None:
 
 
 def _where(loc: tuple, data: Any) -> tuple[str, list]:
-    """``atlases.<name>.<key>`` instead of pydantic's ``atlases.<index>.<kind>.<key>``."""
+    """The key path shown to users, and the location of the model that owns the key.
+
+    ``atlases.<name>.<key>`` instead of pydantic's ``atlases.<index>.<kind>.<key>``; the
+    other list items (and atlases without a name) are ``#<n>``, counted from 1.
+    """
     parts = list(loc)
+    owner = parts[:-1]
     if parts[:1] == ["atlases"] and len(parts) > 1 and isinstance(parts[1], int):
-        entry = (data.get("atlases") or [None] * (parts[1] + 1))[parts[1]]
+        entries = data.get("atlases")
+        entry = entries[parts[1]] if isinstance(entries, list) and parts[1] < len(entries) else None
         name = entry.get("name") if isinstance(entry, dict) else None
-        label = str(name) if isinstance(name, str) and name else f"#{parts[1] + 1}"
         rest = parts[2:]
         kind = rest[0] if rest and rest[0] in ATLAS_KINDS else None
-        shown = ["atlases", label] + (rest[1:] if kind else rest)
-        return ".".join(str(p) for p in shown), ["atlases", parts[1]] + ([kind] if kind else [])
-    return ".".join(str(p) for p in parts) or "(top level)", parts[:-1]
+        if kind:
+            rest = rest[1:]
+        owner = ["atlases", parts[1]] + ([kind] if kind else []) + rest[:-1]
+        parts = ["atlases", name if isinstance(name, str) and name else parts[1]] + rest
+    else:
+        node: Any = data
+        for i, p in enumerate(parts):
+            if isinstance(p, int) and not isinstance(node, list):
+                parts[i] = None  # a single value given for a list (estimator: x)
+            if isinstance(node, dict):
+                node = node.get(p)
+            elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+                node = node[p]
+            else:
+                node = None
+    shown = [f"#{p + 1}" if isinstance(p, int) else str(p) for p in parts if p is not None]
+    return ".".join(shown) or "(top level)", owner
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters (an atlas entry can be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _did_you_mean(value: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.7)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+_TYPE_WORDS = {
+    "list_type": "must be a list (one '- item' per line, or [a, b])",
+    "dict_type": "must be a mapping (one 'key: value' per line, or {key: value})",
+    "model_type": "must be a mapping (one 'key: value' per line, or {key: value})",
+    "model_attributes_type": "must be a mapping (one 'key: value' per line, or {key: value})",
+    "string_type": "must be text",
+    "path_type": "must be a file path",
+    "finite_number": "must be a finite number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+}
 
 
 def _message(e: dict, owner: type[BaseModel] | None, key: str) -> str:
@@ -457,9 +524,11 @@ def _message(e: dict, owner: type[BaseModel] | None, key: str) -> str:
             f" (allowed: {', '.join(allowed)})" if allowed and not close else ""
         )
     if kind == "literal_error":
-        return f"got {value!r}; allowed: {ctx.get('expected', '').replace(' or ', ', ')}"
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = _did_you_mean(value, allowed)
+        return f"got {_short(value)}; " + (hint or f"allowed: {', '.join(allowed)}")
     if kind == "string_pattern_mismatch":
-        return f"must be letters and digits only (a BIDS label), got {value!r}"
+        return f"must be letters and digits only (a BIDS label), got {_short(value)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         words = {
             "greater_than": "greater than",
@@ -468,17 +537,24 @@ def _message(e: dict, owner: type[BaseModel] | None, key: str) -> str:
             "less_than_equal": "at most",
         }[kind]
         bound = next(iter(ctx.values()), "")
-        return f"must be {words} {bound}, got {value!r}"
-    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
-        return f"must be a {'whole ' if kind.startswith('int') else ''}number, got {value!r}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {value!r}"
+        return f"must be {words} {bound}, got {_short(value)}"
+    if kind in _TYPE_WORDS:
+        return f"{_TYPE_WORDS[kind]}, got {_short(value)}"
     if kind == "missing":
         return "required key missing"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"kind must be one of {', '.join(ATLAS_KINDS)} (got {ctx.get('tag', value)!r})"
-    if kind == "too_short":
-        return "must not be empty"
+    if kind == "union_tag_not_found":
+        return f"required key missing (one of {', '.join(ATLAS_KINDS)})"
+    if kind == "union_tag_invalid":
+        tag = ctx.get("tag", "")
+        hint = _did_you_mean(tag, list(ATLAS_KINDS))
+        return f"kind must be one of {', '.join(ATLAS_KINDS)} (got {tag!r})" + (
+            f"; {hint}" if hint else ""
+        )
+    if kind in ("too_short", "string_too_short"):
+        least = ctx.get("min_length", 1)
+        return "must not be empty" if least <= 1 else f"must have at least {least} items"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
     return e["msg"].removeprefix("Value error, ")
 
 
@@ -487,6 +563,8 @@ def _format_errors(err: ValidationError, source: str, data: Any) -> str:
     seen: dict[str, list[tuple[str, dict]]] = {}
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p or p in _TAGS))
+        if e["type"] == "union_tag_not_found":
+            loc += (e.get("ctx", {}).get("discriminator", "kind").strip("'"),)
         where, owner_loc = _where(loc, data if isinstance(data, dict) else {})
         owner = _model_at(owner_loc, data)
         key = str(loc[-1]) if loc else ""
@@ -528,7 +606,8 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: str = "<dict>") -
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration {source}: the top level must be a mapping")
     data = json.loads(json.dumps(data, default=str))
-    for atlas in data.get("atlases") or []:
+    atlases = data.get("atlases")
+    for atlas in atlases if isinstance(atlases, list) else []:
         if not isinstance(atlas, dict):
             continue
         for key in ("image", "labels", "mask", "dataset", "image_right"):
@@ -612,9 +691,16 @@ def load_config(
             f"{', '.join(presets)}){hint}"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"configuration file {path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"configuration file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+            f"at offset {err.start}): save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"configuration file {path} cannot be read: {err.strerror}") from None
     if isinstance(data, dict) and space is not None:
         data["space"] = space
     config = parse_config(data, path.resolve().parent, str(path))

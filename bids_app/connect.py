@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg
 
-from .vocabulary import CORRELATION_LIKE, ESTIMATORS, normalize_measure
+from .vocabulary import CORRELATION_LIKE, ESTIMATORS, INVERSE_MEASURES, normalize_measure
 from .vocabulary import PARTICIPANT_MEASURES as MEASURES
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _covariance(x: np.ndarray, estimator: str) -> np.ndarray:
 
 
 def _from_covariance(cov: np.ndarray, measure: str) -> np.ndarray:
-    if measure in ("covariance", "correlation"):
+    if measure not in INVERSE_MEASURES:
         return cov if measure == "covariance" else cov_to_corr(cov)
     precision = linalg.inv(cov)
     return precision if measure == "precision" else precision_to_partial(precision)

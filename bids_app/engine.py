@@ -26,6 +26,7 @@ import numpy as np
 from . import naming
 from .discover import RunInputs, read_metadata
 from .errors import EXIT_FAILURE, AppError, InputDataError
+from .vocabulary import INVERSE_MEASURES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -406,7 +407,7 @@ def connectivity(
     out = {}
     for measure in config.participant_measures:
         for estimator in config.connectivity.estimator:
-            inverse = measure in ("precision", "partialcorrelation")
+            inverse = measure in INVERSE_MEASURES
             if inverse and estimator == "empirical" and n_volumes <= n_regions:
                 log.warning(
                     "%s: %s with estimator empirical skipped: the covariance of %d volumes and "
@@ -475,11 +476,12 @@ def process_run(task: RunTask, ctx: RunContext) -> RunOutcome:
             t0 = time.perf_counter()
             files = write_run(record, run, ctx)
             record.timings["write"] = time.perf_counter() - t0
-            if ctx.reports and not record.excluded:
+            if ctx.reports:  # excluded runs too: their FD figure shows why
                 from .report import run_figures
 
                 files += run_figures(record, ctx)
-            state.commit_run(run.entities, ctx, task.fingerprint, files)
+            inputs = state.input_identity(run, ctx.bids_dir)
+            state.commit_run(run.entities, ctx, task.fingerprint, files, inputs)
             outcome.timings = record.timings
             outcome.n_files = len(files)
             outcome.detail = (

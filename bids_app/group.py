@@ -21,12 +21,14 @@ moved into place at the end, replacing the files of the previous group run of th
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,20 @@ from typing import Any
 
 import numpy as np
 
-from . import connect, naming
+from . import connect, naming, state
 from .config import Config
 from .errors import EXIT_FAILURE, EXIT_OK, InputDataError, NoInputError, NothingSelectedError
 from .vocabulary import CORRELATION_LIKE, normalize_measure
-from .write import atomic_path, host_tag, read_matrix, read_tsv, write_json, write_npy, write_tsv
+from .write import (
+    STAGING_PREFIX,
+    atomic_path,
+    host_tag,
+    read_matrix,
+    read_tsv,
+    write_json,
+    write_npy,
+    write_tsv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +220,11 @@ def _read_inputs(
             log.warning("left out: %s: cannot read the JSON sidecar: %s", rel(f), err)
             left_out.append(rel(f))
             continue
+        problem = _qc_problem(meta) if f.suffix == "qc" else None
+        if problem:
+            log.warning("left out: %s: %s", rel(f), problem)
+            left_out.append(rel(f))
+            continue
         if meta.get("ConfigurationHash") != expected:
             other_config.append(rel(f))
             continue
@@ -244,6 +260,31 @@ def _read_inputs(
 
 
 # --- QC -----------------------------------------------------------------------------------------
+
+
+_QC_COUNTS = ("VolumesTotal", "VolumesCensored", "VolumesKept", "NonSteadyStateVolumes")
+
+
+def _qc_problem(meta: dict[str, Any]) -> str | None:
+    """What makes a run's ``*_qc.json`` unusable for the QC table (None: nothing)."""
+
+    def is_count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in _QC_COUNTS:
+        value = meta.get(key)
+        if value is None or is_count(value):
+            continue
+        if key == "NonSteadyStateVolumes" and isinstance(value, list):
+            if all(is_count(v) for v in value):
+                continue
+        return f"{key} is not a count of volumes: {str(value)[:40]!r}"
+    fd = meta.get("MeanFramewiseDisplacement")
+    if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int | float)):
+        return f"MeanFramewiseDisplacement is not a number: {str(fd)[:40]!r}"
+    if not isinstance(meta.get("Excluded", False), bool):
+        return f"Excluded is not true or false: {str(meta.get('Excluded'))[:40]!r}"
+    return None
 
 
 def _mean_fd(meta: dict[str, Any]) -> float | None:
@@ -339,16 +380,52 @@ def _unit_fd(run_keys: list[tuple], qc: dict[tuple, OutputFile]) -> float | None
     return float(np.average(values, weights=weights)) if values else None
 
 
+def _header(path: Path) -> tuple[str, ...] | None:
+    """The column names of a matrix TSV (as :func:`read_matrix` splits them), or None."""
+    try:
+        with open(path, "rb") as fh:
+            return tuple(fh.readline().decode("utf-8").rstrip("\r\n").split("\t"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _lut_regions(output_dir: Path, atlas: str) -> tuple[str, ...] | None:
+    """The region names of ``atlas-<A>_dseg.tsv`` written by the participant level, or None."""
+    try:
+        text = naming.atlas_lut_path(output_dir, atlas).read_text(encoding="utf-8")
+        rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+        column = rows[0].index("name")
+        return tuple(row[column] for row in rows[1:] if row)
+    except (OSError, UnicodeDecodeError, csv.Error, IndexError, ValueError):
+        return None
+
+
+def _reference_regions(files: list[OutputFile], output_dir: Path) -> tuple[str, ...] | None:
+    """The regions every matrix of ``files`` (one atlas) must have.
+
+    Those of the atlas lookup table the participant level wrote, when some matrix has
+    them; otherwise the regions most matrices have (the first such file breaking ties):
+    never simply the first file's, which may be the bad one.
+    """
+    headers = [_header(f.path) for f in files]
+    lut = _lut_regions(output_dir, files[0].entities.get("atlas", "")) if files else None
+    if lut is not None and lut in headers:
+        return lut
+    counts = Counter(h for h in headers if h is not None)
+    return max(counts, key=lambda h: (counts[h], -headers.index(h))) if counts else None
+
+
 def _load_stack(
     files: list[OutputFile], output_dir: Path, left_out: list[str]
 ) -> tuple[list[OutputFile], list[str], np.ndarray]:
     """The matrices of ``files`` read into one preallocated (n, N, N) float64 array.
 
-    A file that is not a square numeric matrix with the regions of the first readable
-    one is left out with a warning (and named in ``left_out``).
+    A file that is not a square numeric matrix with the atlas' regions (see
+    :func:`_reference_regions`) is left out with a warning (and named in ``left_out``).
     """
-    regions: list[str] | None = None
-    stack: np.ndarray | None = None
+    reference = _reference_regions(files, output_dir)
+    regions = list(reference) if reference is not None else []
+    stack = np.empty((len(files), len(regions), len(regions)), dtype=np.float64)
     kept: list[OutputFile] = []
     for f in files:
         rel = f.path.relative_to(output_dir).as_posix()
@@ -359,12 +436,9 @@ def _load_stack(
                     f"{f.path}: expected a square matrix with one column per region, got "
                     f"shape {matrix.shape}"
                 )
-            if regions is None:
-                regions = names
-                stack = np.empty((len(files), len(names), len(names)), dtype=np.float64)
-            elif names != regions:
+            if names != regions:
                 raise InputDataError(
-                    f"{f.path}: regions differ from {kept[0].path.name} "
+                    f"{f.path}: regions differ from those of atlas {f.entities.get('atlas')} "
                     f"({len(names)} vs {len(regions)} columns); was the atlas changed between "
                     "runs of the participant level?"
                 )
@@ -374,7 +448,7 @@ def _load_stack(
             continue
         stack[len(kept)] = matrix
         kept.append(f)
-    if stack is None:
+    if not kept:
         return [], [], np.empty((0, 0, 0))
     return kept, regions, stack[: len(kept)]
 
@@ -439,8 +513,17 @@ class _Writer:
         self.desc = desc
         self.space = space
         self.folder = naming.group_dir(output_dir, subset)
-        self.staging = self.folder / f".staging-{host_tag()}-{os.getpid()}"
+        self.staging = self.folder / f"{STAGING_PREFIX}{host_tag()}-{os.getpid()}"
         self.written: list[Path] = []
+        self.created: list[Path] = []  # folders made for this run, deepest first
+
+    def open(self) -> None:
+        """Create the staging folder, remembering which of ``group/[subset-<label>/]`` it made."""
+        folder = self.folder
+        while folder != self.output_dir and not folder.exists():
+            self.created.append(folder)
+            folder = folder.parent
+        self.staging.mkdir(parents=True, exist_ok=True)
 
     def path(self, entities: dict[str, Any], suffix: str, extension: str) -> Path:
         """Final path of a group file."""
@@ -488,8 +571,14 @@ class _Writer:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def abort(self) -> None:
+        """Remove the staging folder, and the group folders this run created if still empty."""
         shutil.rmtree(self.staging, ignore_errors=True)
         self.written = []
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another group run's files
+                break
 
 
 def _stack_index(units: list[Unit]):
@@ -665,7 +754,7 @@ def _write_relmats(
             },
             stack_file=w.path(key, "relmats", ".npy").name,
             atlas=key["atlas"],
-            sources=[u.source for u in units],
+            sources=[naming.bids_uri(u.source) for u in units],
             config_hash=w.config_hash,
         ),
     )
@@ -779,7 +868,7 @@ def _write_tangent(
                 regions_left_out=[r for r, k in zip(regions, keep, strict=True) if not k],
                 stack_file=w.path(gk, "relmats", ".npy").name,
                 atlas=key["atlas"],
-                sources=[s for u in units for s in u.source.split(";")],
+                sources=[naming.bids_uri(s) for u in units for s in u.source.split(";")],
                 config_hash=w.config_hash,
             ),
         )
@@ -881,6 +970,7 @@ def run_group(
 ) -> GroupResult:
     """Group outputs from the participant outputs in ``output_dir`` made with ``config``."""
     output_dir = Path(output_dir)
+    state.remove_dead_dataset_temporaries(output_dir)
     files = _select(scan_outputs(output_dir), config, participants, sessions, tasks, output_dir)
     expected = expected_hash(output_dir, config)
     inputs = _read_inputs(files, config, output_dir, expected)
@@ -889,7 +979,7 @@ def run_group(
     w = _Writer(output_dir, subset, group_hash, config.denoise.name, config.space)
     luts = _LUTs(output_dir)
     try:
-        w.staging.mkdir(parents=True, exist_ok=True)
+        w.open()
         if subset is not None:
             with atomic_path(w.staging / "subset.json") as tmp:
                 tmp.write_text(

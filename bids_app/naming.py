@@ -173,23 +173,22 @@ def atlas_image_path(output_dir: Path, atlas: str, space: str, suffix: str = "pr
 
 BIDSIGNORE = """\
 # Written by bids-connectome. Suffixes the BIDS specification does not define yet:
-# BEP017 connectivity matrices and region time series, and our coverage and QC files.
+# BEP017 connectivity matrices and region time series (tables, and CIFTI-2 files for
+# surface runs), and our coverage and QC files.
 *_relmat.tsv
 *_relmat.json
-*_relmats.npy
-*_relmats.tsv
-*_relmats.json
+*_relmat.pconn.nii
 *_timeseries.tsv
 *_timeseries.json
+*_timeseries.ptseries.nii
 *_coverage.tsv
 *_qc.json
-*_qc.tsv
-*_qcfc.tsv
-*_qcfc.json
-# The group level and the visual reports, which BIDS has no place for.
-group
-sub-*/figures
+# Not BIDS data, with no place in the specification: the visual reports (pages and
+# figures, as fMRIPrep ignores them), and the group level, whose folder the BIDS validator
+# reports as an error even when every file in it has one of the suffixes above.
 sub-*.html
+sub-*/figures
+/group
 """
 
 README = """\

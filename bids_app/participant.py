@@ -109,7 +109,7 @@ def write_dataset_files(ctx: RunContext) -> None:
     array) can all write them: each file is replaced atomically, and only if it differs.
     """
     out = ctx.output_dir
-    state.remove_dead_temporaries(out)
+    state.remove_dead_dataset_temporaries(out)
     try:
         source = json.loads((ctx.bids_dir / "dataset_description.json").read_text())
     except (OSError, ValueError):

@@ -16,12 +16,13 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, naming
-from .write import TEMP_MARKER, host_tag, write_json
+from .write import STAGING_PREFIX, TEMP_MARKER, host_tag, write_json
 
 if TYPE_CHECKING:
     from .discover import RunInputs
@@ -159,6 +160,7 @@ def _commit(
     suffixes: Iterable[str],
     fingerprint: str | None,
     files: list[Path],
+    inputs: list[list[Any]] | None = None,
 ) -> None:
     out = Path(ctx.output_dir)
     manifest = _manifest(ctx, entities, kind)
@@ -182,7 +184,18 @@ def _commit(
             Path(f).resolve().relative_to(out.resolve()).as_posix(): Path(f).stat().st_size
             for f in sorted(files)
         }
-        write_json(manifest, {"Format": FORMAT, "Fingerprint": fingerprint, "Files": sizes})
+        record = {
+            "Format": FORMAT,
+            "Fingerprint": fingerprint,
+            "Software": naming.SOFTWARE,
+            "ConfigurationHash": ctx.config_hash,
+            "Files": sizes,
+        }
+        if inputs is not None:  # what the fingerprint was made of, for people to read
+            record["Inputs"] = [
+                dict(zip(("path", "size", "mtime_ns"), i, strict=True)) for i in inputs
+            ]
+        write_json(manifest, record)
     for folder in _folders(ctx, entities):
         _remove_empty_dirs(folder, out)
 
@@ -205,10 +218,15 @@ def run_suffixes(ctx: RunContext) -> tuple[str, ...]:
 
 
 def commit_run(
-    entities: Mapping[str, str], ctx: RunContext, fingerprint: str, files: list[Path]
+    entities: Mapping[str, str],
+    ctx: RunContext,
+    fingerprint: str,
+    files: list[Path],
+    inputs: list[list[Any]] | None = None,
 ) -> None:
-    """Record a run's new files; remove what it owned before and no longer writes."""
-    _commit(ctx, entities, "run", run_suffixes(ctx), fingerprint, files)
+    """Record a run's new files (and the identity of its ``inputs``, see
+    :func:`input_identity`); remove what it owned before and no longer writes."""
+    _commit(ctx, entities, "run", run_suffixes(ctx), fingerprint, files, inputs)
 
 
 def discard_run(entities: Mapping[str, str], ctx: RunContext) -> None:
@@ -254,23 +272,52 @@ def remove_other_levels(runs: Iterable[Mapping[str, str]], ctx: RunContext) -> N
 # --- temporary files of dataset-level writers -----------------------------------------------
 
 
+def _dead_writer(tag: str, host: str) -> bool:
+    """Whether ``tag`` (``<host>-<pid>[-...]``) names a process of this host that has ended."""
+    parts = tag.split("-")
+    if len(parts) < 2 or parts[0] != host:
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError, OverflowError):
+        return False
+    return False
+
+
 def remove_dead_temporaries(folder: Path) -> None:
-    """Temporary files in ``folder`` left by killed processes of this host."""
+    """Temporary files and group staging folders in ``folder`` left by killed processes
+    of this host."""
     host = host_tag()
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if not (name.startswith(".") and name.endswith(".tmp") and TEMP_MARKER in name):
-            continue
-        tag = name.split(TEMP_MARKER, 1)[1]
-        parts = tag.split("-")
-        if len(parts) < 3 or parts[0] != host:
-            continue
+        if name.startswith(".") and name.endswith(".tmp") and TEMP_MARKER in name:
+            if _dead_writer(name.split(TEMP_MARKER, 1)[1], host):
+                (folder / name).unlink(missing_ok=True)
+        elif name.startswith(STAGING_PREFIX) and _dead_writer(name[len(STAGING_PREFIX) :], host):
+            shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def remove_dead_dataset_temporaries(output_dir: Path) -> None:
+    """:func:`remove_dead_temporaries` in every dataset-level folder of ``output_dir``: the
+    root, ``code/``, ``logs/``, ``group/`` with its subsets and their figures (per-run
+    folders are cleaned when their run is committed)."""
+    out = Path(output_dir)
+    folders = [out, naming.config_path(out, "x").parent, naming.logs_dir(out)]
+    group = naming.group_dir(out)
+    try:
+        subsets = [group / n for n in os.listdir(group) if (group / n).is_dir()]
+    except OSError:
+        subsets = []
+    for folder in [group, *subsets]:
+        folders.append(folder)
         try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            (folder / name).unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            continue
+            folders += [folder / n for n in os.listdir(folder) if (folder / n).is_dir()]
+        except OSError:
+            pass
+    for folder in folders:
+        remove_dead_temporaries(folder)

@@ -14,6 +14,7 @@ PARTICIPANT_MEASURES = ("correlation", "partialcorrelation", "covariance", "prec
 GROUP_MEASURES = ("tangent",)
 MEASURES = PARTICIPANT_MEASURES + GROUP_MEASURES
 CORRELATION_LIKE = ("correlation", "partialcorrelation")
+INVERSE_MEASURES = ("partialcorrelation", "precision")  # need the covariance inverted
 MEASURE_DESCRIPTIONS = {
     "correlation": "Pearson correlation of the cleaned region signals",
     "partialcorrelation": "Partial correlation (from the inverse covariance)",

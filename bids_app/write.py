@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 NA = "n/a"
 TEMP_MARKER = ".~"
+STAGING_PREFIX = ".staging-"  # + <host>-<pid>: a group run's files before they are committed
 
 
 def host_tag() -> str:
@@ -149,15 +150,37 @@ def read_tsv(path: Path) -> pd.DataFrame:
 
 
 def read_matrix(path: Path) -> tuple[list[str], np.ndarray]:
-    """A numeric TSV written by :func:`matrix_text`: (column names, float64 values)."""
+    """A numeric TSV written by :func:`matrix_text`: (column names, float64 values).
+
+    Parsed straight into one array (no DataFrame): the group level reads thousands.
+    """
+    import warnings
+
     from .errors import InputDataError
 
     try:
-        frame = read_tsv(path)
-        values = frame.to_numpy(dtype=np.float64)
-    except (OSError, ValueError) as err:
-        raise InputDataError(f"{path}: cannot read the table: {err}") from None
-    return [str(c) for c in frame.columns], values
+        header, _, body = Path(path).read_bytes().partition(b"\n")
+        columns = header.decode("utf-8").rstrip("\r").split("\t")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            values = np.loadtxt(
+                io.BytesIO(body.replace(NA.encode(), b"nan")),
+                delimiter="\t",
+                dtype=np.float64,
+                comments=None,
+                ndmin=2,
+            )
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        reason = str(err).split(";")[0]  # numpy's advice on `usecols` is not for our users
+        raise InputDataError(f"{path}: cannot read the table: {reason}") from None
+    if values.size == 0:
+        values = values.reshape(0, len(columns))
+    if values.shape[1] != len(columns):
+        raise InputDataError(
+            f"{path}: cannot read the table: {values.shape[1]} values a row, "
+            f"{len(columns)} column names"
+        )
+    return columns, values
 
 
 def write_npy(dest: Path, array: np.ndarray) -> Path:

@@ -4,6 +4,7 @@ with TemplateFlow's and BIDS's own file names; nothing here uses the network."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -25,7 +26,9 @@ from bids_app.atlases import (
     source_error,
     template_from_name,
 )
-from bids_app.config import parse_config
+from bids_app.cli import main
+from bids_app.config import load_config, parse_config
+from bids_app.demo import DemoSpec, build_demo
 from bids_app.errors import ConfigError
 from bids_app.naming import description_sidecar, lut_sidecar
 
@@ -426,6 +429,121 @@ def test_dataset_atlas_only_in_another_template_fails_the_space_check(atlas_data
     assert "applied anyway" in check_space(r, TPL_C, allow_mismatch=True)
 
 
+# --- through the command line --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_demo(tmp_path_factory) -> Path:
+    """The demo's fMRIPrep folder (MNI152NLin2009cAsym, 2 mm): one participant, one run."""
+    dest = tmp_path_factory.mktemp("atlas_cli")
+    build_demo(dest, DemoSpec(n_subjects=1, n_sessions=1, n_volumes=60, seed=2))
+    return dest / "fmriprep"
+
+
+def _participant(bids: Path, folder: Path, atlas_entry: dict, *options: str) -> tuple[int, Path]:
+    """The participant level through the CLI with one atlas; (exit code, OUTPUT_DIR)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "cfg.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "space": TPL_C,
+                "denoise": {"name": "simple", "strategy": "simple", "high_pass": 0.01},
+                "atlases": [atlas_entry],
+                "connectivity": {"measures": ["correlation", "partialcorrelation"]},
+            }
+        )
+    )
+    out = folder / "out"
+    args = [str(bids), str(out), "participant", "--config", str(cfg), "--no-reports"]
+    code = main(args + ["--atlas-cache", str(folder / "cache"), *options])
+    return code, out
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """The bytes of the run's tables and the atlas's lookup table, by file name."""
+    files = [*out.glob("sub-01/func/*.tsv"), out / "atlas-S200_dseg.tsv"]
+    return {p.name: p.read_bytes() for p in sorted(files)}
+
+
+def _same_outputs(made: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    """Time series, coverage and lookup table: the same bytes; matrices: the same to 1e-9
+    (a precision matrix inverted twice in one process can differ in the last bits)."""
+    assert sorted(made) == sorted(reference)
+    for name, data in made.items():
+        if name.endswith("_relmat.tsv"):
+            a, b = (np.loadtxt(io.BytesIO(d), skiprows=1) for d in (data, reference[name]))
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-9, err_msg=name)
+        else:
+            assert data == reference[name], name
+
+
+@pytest.fixture(scope="module")
+def by_path(cli_demo, tf_home, shared_data, tmp_path_factory) -> dict[str, bytes]:
+    """Outputs of the Schaefer-200 atlas given by path (image and table)."""
+    folder = tmp_path_factory.mktemp("by_path")
+    table = f"tpl-{TPL_C}_atlas-Schaefer2018_desc-200Parcels7Networks_dseg.tsv"
+    labels = shutil.copy(tf_home / f"tpl-{TPL_C}" / table, folder / "names.tsv")
+    image = shared_data / "atlases/labels" / S200_1MM
+    entry_ = {"name": "S200", "kind": "labels", "image": str(image), "labels": str(labels)}
+    code, out = _participant(cli_demo, folder, entry_)
+    assert code == 0
+    made = _outputs(out)
+    ts = "sub-01_task-rest_space-MNI152NLin2009cAsym_res-2_atlas-S200_desc-simple_timeseries.tsv"
+    assert ts in made and len(made[ts].split(b"\n")[0].split(b"\t")) == 200
+    assert len(made) == 5  # time series, coverage, 2 matrices, lookup table
+    return made
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_cli_templateflow_entry_gives_the_same_outputs_as_the_path(
+    cli_demo, tf_home, by_path, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(tf_home))
+    query = {**S200, "resolution": 1}
+    code, out = _participant(cli_demo, tmp_path, entry(name="S200", templateflow=query))
+    assert code == 0
+    _same_outputs(_outputs(out), by_path)
+    source = json.loads((out / "atlas-S200_description.json").read_text())["Source"]
+    assert source["Type"] == "TemplateFlow"
+    assert source["Files"]["image"] == f"tpl-{TPL_C}/{S200_1MM}"
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_cli_dataset_entry_gives_the_same_outputs_as_the_path(
+    cli_demo, atlas_dataset, by_path, tmp_path
+):
+    code, out = _participant(cli_demo, tmp_path, ds_entry(atlas_dataset, name="S200", seg="7n"))
+    assert code == 0
+    _same_outputs(_outputs(out), by_path)
+    source = json.loads((out / "atlas-S200_description.json").read_text())["Source"]
+    assert source["Type"] == "BIDS-Atlas dataset"
+    assert source["Entities"] == {"tpl": TPL_C, "seg": "7n", "scale": "200", "res": "1"}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_cli_missing_query_exits_64_with_query_folder_and_fetch_command(
+    cli_demo, tf_home, tmp_path, capsys
+):
+    query = {"atlas": "Schaefer2018", "desc": "400Parcels7Networks", "resolution": 2}
+    home = tf_home  # the home exists, without this atlas; given by the flag, not the variable
+    code, out = _participant(
+        cli_demo, tmp_path, entry(name="S400", templateflow=query), "--templateflow-home", str(home)
+    )
+    assert code == 64
+    err = capsys.readouterr().err
+    assert f"invalid configuration {tmp_path / 'cfg.yaml'}" in err
+    assert "atlases.S400.templateflow: " in err
+    assert "atlas: Schaefer2018" in err and "desc: 400Parcels7Networks" in err
+    assert "resolution: 2" in err
+    assert f"searched: {home / f'tpl-{TPL_C}'}" in err
+    assert f"bids-connectome-atlases fetch {tmp_path / 'cfg.yaml'} --to {home}" in err
+    assert not out.exists()
+
+
 # --- files and the space check ----------------------------------------------------------------
 
 
@@ -444,9 +562,10 @@ def test_template_from_file_names():
 
 
 @pytest.mark.shared
-def test_benchmark_old_configuration_fails_the_space_check(shared_data):
+def test_benchmark_old_configuration_fails_the_space_check(shared_data, tmp_path, capsys):
     """benchmarks/bench_extraction.py before the fix: MNI152NLin6Asym Schaefer-400 on
-    MNI152NLin2009cAsym BOLD, the HO maps of unknown template, Power-264 spheres."""
+    MNI152NLin2009cAsym BOLD, the HO maps of unknown template, Power-264 spheres. Through
+    load_config and the command line: exit 64 naming both templates, nothing written."""
     labels = shared_data / "atlases/labels"
     old = {
         "space": TPL_C,
@@ -466,15 +585,25 @@ def test_benchmark_old_configuration_fails_the_space_check(shared_data):
             {"name": "Power264", "kind": "spheres", "coordinates": "power2011", "radius": 5},
         ],
     }
-    s400, ho, power = (resolve_atlas(e, bold_space=old["space"]) for e in old["atlases"])
-    with pytest.raises(ConfigError) as err:
-        check_space(s400, old["space"])
+    path = tmp_path / "bench_old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError) as err:  # what every entry point reads a config with
+        load_config(path)
     assert err.value.exit_code == 64
+    text = str(err.value)
+    assert text.startswith(f"invalid configuration {path}")
     assert (
-        f"atlases.Schaefer400: the atlas is in {TPL_6} (from tpl-{TPL_6} in its file name)"
-        in str(err.value)
+        f"atlases.Schaefer400: the atlas is in {TPL_6} (from tpl-{TPL_6} in its file name)" in text
     )
-    assert f"the BOLD is in {TPL_C}" in str(err.value) and "allow_space_mismatch" in str(err.value)
+    assert f"the BOLD is in {TPL_C}" in text and "allow_space_mismatch" in text
+    assert "HOprob" not in text and "Power264" not in text  # the others are fine
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    assert main([str(bids), str(out), "participant", "--config", str(path)]) == 64
+    err_text = capsys.readouterr().err
+    assert f"the atlas is in {TPL_6}" in err_text and f"the BOLD is in {TPL_C}" in err_text
+    assert not out.exists()
+    s400, ho, power = (resolve_atlas(e, bold_space=old["space"]) for e in old["atlases"])
     assert "unknown" in check_space(ho, TPL_C) and "space: <template>" in check_space(ho, TPL_C)
     assert check_space(power, TPL_C) is None
     # the fix: the space-correct file (or allow_space_mismatch: true)

@@ -118,6 +118,27 @@ def test_kill_9_then_rerun_is_byte_identical(demo, reference, tmp_path, moment):
     assert tree_digest(out) == tree_digest(reference)
 
 
+def test_kill_9_during_the_group_level_then_rerun_is_byte_identical(demo, reference, tmp_path):
+    bids, config = demo
+    out = tmp_path / "killed" / "out"
+    assert cli(bids, out, "participant", "--config", config) == 0
+    proc = _spawn(bids, out, "group", "--config", config)
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.is_file() for p in (out / "group").glob(".staging-*/*")):
+                break
+            time.sleep(0.002)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the group level finished before it was killed"
+    assert _temporaries(out), "nothing staged when killed"
+    assert cli(bids, out, "group", "--config", config) == 0
+    assert not _temporaries(out)
+    assert tree_digest(out) == tree_digest(reference)
+
+
 def _visible(root: Path) -> dict[str, str]:
     return {
         k: v
@@ -140,6 +161,12 @@ def test_rerun_skips_finished_runs(demo, reference, tmp_path, capsys):
     assert err.count("skipped: outputs are current") == 3
     assert "0 done, 3 skipped" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("sub-*/func/*")} == stamps
+    # the manifest says what produced the outputs: software, configuration, inputs
+    manifest = json.loads(next(out.glob("sub-02/func/.*_run.json")).read_text())
+    assert manifest["ConfigurationHash"].startswith("sha256:")
+    bold = next(bids.glob("sub-02/func/*_desc-preproc_bold.nii.gz"))
+    (entry,) = [i for i in manifest["Inputs"] if i["path"].endswith(bold.name)]
+    assert entry["size"] == bold.stat().st_size and entry["mtime_ns"] == bold.stat().st_mtime_ns
     # one input changed: only that run is redone
     confounds = next(bids.glob("sub-02/func/*_desc-confounds_timeseries.tsv"))
     os.utime(confounds)

@@ -170,7 +170,18 @@ def test_low_pass_above_nyquist_warns(demo, bids, tmp_path, capsys):
     assert code == 65 and "denoise.high_pass 0.3 Hz" in err
 
 
-def test_regions_threshold_string_must_be_a_percentage(demo, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("threshold", "two_sided", "message"),
+    [
+        ("97", True, "the string '97' is not a percentile"),
+        ("150%", True, "the percentile '150%' must be between 0% and 100%"),
+        (-2, True, "-2 is negative, but with two_sided: true the threshold applies to absolute"),
+        (float("inf"), False, "must be a finite number, got inf"),
+    ],
+)
+def test_regions_threshold_is_checked_with_the_configuration(
+    demo, tmp_path, capsys, threshold, two_sided, message
+):
     config = variant(
         demo[1],
         tmp_path,
@@ -179,14 +190,34 @@ def test_regions_threshold_string_must_be_a_percentage(demo, tmp_path, capsys):
                 "name": "Tmap",
                 "kind": "regions",
                 "image": "atlas/demo_tmap.nii.gz",
-                "threshold": "97",
+                "threshold": threshold,
+                "two_sided": two_sided,
             }
         ),
     )
     code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", config)
     assert code == 64
-    assert "atlases.Tmap.threshold: the string '97' is not a percentile" in err
+    assert f"atlases.Tmap.threshold: {message}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_regions_negative_one_sided_threshold_is_accepted(demo, tmp_path):
+    from bids_app.config import load_config
+
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["atlases"].append(
+            {
+                "name": "Tmap",
+                "kind": "regions",
+                "image": "atlas/demo_tmap.nii.gz",
+                "threshold": -2,
+                "two_sided": False,
+            }
+        ),
+    )
+    assert load_config(config).atlases[-1].threshold == -2.0
 
 
 def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys, caplog):
@@ -194,9 +225,27 @@ def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys, capl
     assert run(capsys, demo[0], out, "participant", "--config", demo[1])[0] == 0
     qc = next(out.glob("sub-02/func/*_qc.json"))
     qc.unlink()
-    code, _ = run(capsys, demo[0], out, "group", "--config", demo[1])
+    code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
     assert code == 0
-    assert "no usable *_qc.json" in caplog.text and "sub-02" in caplog.text
+    assert "no usable *_qc.json" in err and "sub-02" in err
+    table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")
+    assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("VolumesTotal", "many"), ("MeanFramewiseDisplacement", [0.1]), ("Excluded", "no")],
+)
+def test_qc_sidecar_with_a_bad_value_is_left_out_of_the_group(
+    demo, tmp_path, capsys, caplog, key, value
+):
+    out = tmp_path / "out"
+    assert run(capsys, demo[0], out, "participant", "--config", demo[1])[0] == 0
+    qc = next(out.glob("sub-02/func/*_qc.json"))
+    qc.write_text(json.dumps(json.loads(qc.read_text()) | {key: value}))
+    code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
+    assert code == 1 and "Traceback" not in err
+    assert f"{qc.name}: {key} is not" in err
     table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")
     assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
 
@@ -344,23 +393,68 @@ def _break(path: Path, how: str) -> None:
         path.with_suffix(".json").write_text("{")
 
 
+@pytest.mark.parametrize("sub", ["01", "02"])  # the first participant's file, or another's
 @pytest.mark.parametrize("how", ["truncated", "text-in-a-cell", "other-size", "corrupt-sidecar"])
 def test_bad_participant_file_is_left_out_of_the_group(
-    participant_outputs, demo, tmp_path, capsys, caplog, how
+    participant_outputs, demo, tmp_path, capsys, caplog, how, sub
 ):
     out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
-    bad = next(out.glob("sub-02/func/*DemoGrid_meas-correlation_desc-simple_relmat.tsv"))
+    bad = next(out.glob(f"sub-{sub}/func/*DemoGrid_meas-correlation_desc-simple_relmat.tsv"))
     _break(bad, how)
-    code, _ = run(capsys, demo[0], out, "group", "--config", demo[1])
+    code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
     assert code == 1
-    assert bad.name in caplog.text and "left out" in caplog.text
+    assert bad.name in err and "left out" in err
     index = read_tsv(next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmats.tsv")))
-    assert index["participant_id"].tolist() == ["sub-01", "sub-03"]
+    assert index["participant_id"].tolist() == [f"sub-{s}" for s in ("01", "02", "03") if s != sub]
     others = read_tsv(
         next(out.glob("group/*DemoGrid_meas-partialcorrelation_desc-simple_relmats.tsv"))
     )
     assert len(others) == 3
     assert not [p for p in out.rglob("*") if ".staging-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_group_regions_without_lookup_table_are_the_majority(
+    participant_outputs, demo, tmp_path, capsys, caplog
+):
+    """Without atlas-<A>_dseg.tsv the regions most participants have are the reference,
+    not the first participant's (a consistent but smaller matrix here)."""
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    (out / "atlas-DemoGrid_dseg.tsv").unlink()
+    bad = next(out.glob("sub-01/func/*DemoGrid_meas-correlation_desc-simple_relmat.tsv"))
+    _break(bad, "other-size")
+    code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
+    assert code == 1 and f"left out: {bad}: regions differ" in err
+    index = read_tsv(next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmats.tsv")))
+    assert index["participant_id"].tolist() == ["sub-02", "sub-03"]
+    mean = read_tsv(next(out.glob("group/*DemoGrid_meas-correlation_desc-simple_relmat.tsv")))
+    assert mean.shape[1] == read_tsv(bad).shape[1] + 1
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_aborted_group_run_leaves_no_group_folder(
+    participant_outputs, demo, tmp_path, capsys, monkeypatch, subset
+):
+    """Interrupted while writing: no empty group/ (or group/subset-<label>/) is left, and the
+    files of an earlier group run stay as they were."""
+    import bids_app.group
+
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    shutil.rmtree(out / "group", ignore_errors=True)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    select = ["--participant-label", "01", "02"] if subset else []
+    monkeypatch.setattr(bids_app.group, "write_npy", interrupted)
+    code, err = run(capsys, demo[0], out, "group", "--config", demo[1], *select)
+    assert code == 1 and "interrupted" in err
+    assert not (out / "group").exists()
+    monkeypatch.undo()
+    assert run(capsys, demo[0], out, "group", "--config", demo[1])[0] == 0
+    before = sorted(p.relative_to(out) for p in (out / "group").rglob("*"))
+    monkeypatch.setattr(bids_app.group, "write_npy", interrupted)
+    assert run(capsys, demo[0], out, "group", "--config", demo[1], *select)[0] == 1
+    assert sorted(p.relative_to(out) for p in (out / "group").rglob("*")) == before
 
 
 def test_bad_time_series_is_left_out_of_the_tangent_space(
@@ -376,12 +470,54 @@ def test_bad_time_series_is_left_out_of_the_tangent_space(
     )
     ts = next(out.glob("sub-01/func/*DemoGrid_desc-simple_timeseries.tsv"))
     _break(ts, "text-in-a-cell")
-    code, _ = run(capsys, demo[0], out, "group", "--config", config)
+    code, err = run(capsys, demo[0], out, "group", "--config", config)
     # the tangent measure is group-only: the participant outputs stay usable
-    assert "another configuration" not in caplog.text
-    assert code == 1 and ts.name in caplog.text
+    assert "another configuration" not in err
+    assert code == 1 and ts.name in err
     index = read_tsv(next(out.glob("group/*DemoGrid_meas-tangent_desc-simple_relmats.tsv")))
     assert index["participant_id"].tolist() == ["sub-02", "sub-03"]
+
+
+def test_sources_are_bids_uris_at_both_levels(participant_outputs, demo, tmp_path, capsys):
+    """One URI style in every ``Sources`` (participant and group, tangent included), each
+    resolving to an existing file; a run's sources are its BOLD, brain mask and confounds."""
+    out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
+    config = variant(
+        demo[1],
+        tmp_path,
+        lambda d: d["connectivity"].update(
+            measures=["correlation", "partialcorrelation", "tangent"]
+        ),
+    )
+    assert run(capsys, demo[0], out, "group", "--config", config)[0] == 0
+    links = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]
+    roots = {"": out, **{name: (out / link).resolve() for name, link in links.items()}}
+    seen = {"participant": 0, "group": 0}
+    for side in sorted(out.rglob("*.json")):
+        meta = json.loads(side.read_text())
+        if not isinstance(meta, dict) or "Sources" not in meta:
+            continue
+        seen["group" if "group" in side.relative_to(out).parts else "participant"] += 1
+        for uri in meta["Sources"]:
+            scheme, dataset, path = uri.split(":", 2)
+            assert scheme == "bids" and dataset in roots, f"{side.name}: {uri}"
+            assert (roots[dataset] / path).is_file(), f"{side.name}: {uri}"
+        if side.name.endswith(("_qc.json", "_timeseries.json")) and "group" not in side.parts:
+            sources = [Path(uri.split(":", 2)[2]).name for uri in meta["Sources"]]
+            assert [s.rsplit("_", 1)[-1] for s in sources] == [
+                "bold.nii.gz",
+                "mask.nii.gz",
+                "timeseries.tsv",
+            ], side.name
+            assert "desc-preproc_bold" in sources[0] and "desc-brain_mask" in sources[1]
+            assert "desc-confounds_timeseries" in sources[2]
+    tangent = json.loads(
+        next(out.glob("group/*DemoGrid_meas-tangent_desc-simple_relmat.json")).read_text()
+    )
+    assert len(tangent["Sources"]) == 3 and all(
+        s.startswith("bids::sub-") and s.endswith("_timeseries.tsv") for s in tangent["Sources"]
+    )
+    assert seen["participant"] > 9 and seen["group"] >= 9
 
 
 # --- formats users bring ------------------------------------------------------------------------
@@ -426,6 +562,39 @@ def test_configuration_messages_are_plain(demo, tmp_path, capsys):
     assert "Value error" not in err and "String should match" not in err
     code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", "scrubing")
     assert code == 64 and "did you mean the preset 'scrubbing'?" in err and "simple_gsr" in err
+    # wrong types, misspelt values, a missing kind: the file and key named, plain words
+    bad.write_text(
+        "space: 3\n"
+        "denoise: {strategy: scrubing, confounds: [csf, 3]}\n"
+        "atlases:\n  - {name: Seeds, coordinates: power2011}\n"
+        "  - {name: Grid, kind: labels, templateflow: 7}\n"
+        "  - 5\n"
+        "connectivity: {measures: 5, estimator: ledoitwolf}\n"
+    )
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", bad)
+    assert code == 64, err
+    assert f"invalid configuration {bad}:" in err
+    assert "space: must be text, got 3" in err
+    assert "denoise.strategy: got 'scrubing'; did you mean 'scrubbing'?" in err
+    assert "denoise.confounds.#2: must be text, got 3" in err
+    assert "atlases.Seeds.kind: required key missing (one of labels, maps, spheres, regions)" in err
+    assert "power2011" not in err  # not the whole atlas entry
+    assert "atlases.Grid.templateflow: must be a mapping" in err
+    assert "atlases.#3: must be a mapping" in err
+    assert "connectivity.measures: must be a list" in err and "got 5" in err
+    assert "connectivity.estimator: got 'ledoitwolf'; did you mean 'ledoit_wolf'?" in err
+    assert "Input should" not in err and "instance of" not in err
+    bad.write_text("atlases: [{name: Other, kind: sphere, coordinates: power2011}]\n")
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", bad)
+    assert code == 64 and "(got 'sphere'); did you mean 'spheres'?" in err
+    bad.write_text("denoise: {confounds: 3}\natlases: {name: x}\n")
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", bad)
+    assert code == 64 and "denoise.confounds: must be a list" in err
+    assert "atlases: must be a list" in err and "Input should" not in err
+    bad.write_bytes("atlases: [{name: R\xe9gions, kind: labels}]\n".encode("latin-1"))
+    code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", bad)
+    assert code == 64 and f"configuration file {bad} is not UTF-8 text" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_group_output_dir_missing_or_empty_same_code(demo, tmp_path, capsys):

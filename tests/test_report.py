@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from bids_app import naming, report, state
+from bids_app.cli import main
 from bids_app.config import load_config
 from bids_app.demo import DemoSpec, build_demo
 from bids_app.discover import Selection, find_runs
@@ -54,13 +55,13 @@ def demo(tmp_path_factory):
     return dest / "fmriprep", simple, gsr
 
 
-def process(bids: Path, out: Path, config_path: Path):
+def process(bids: Path, out: Path, config_path: Path, participants: list[str] | None = None):
     """What a worker does per run, plus the dataset files; returns (records, context)."""
     config = load_config(config_path)
     ctx = make_context(config, out, bids)
     load_atlases(ctx)
     records = []
-    for run in find_runs(bids, Selection(space=config.space)):
+    for run in find_runs(bids, Selection(space=config.space, participants=participants)):
         record = compute_run(run, ctx)
         files = write_run(record, run, ctx)
         state.commit_run(run.entities, ctx, "test", files)
@@ -231,6 +232,83 @@ def test_excluded_run_gets_fd_figure_and_reason(demo, tmp_path):
     assert "only" in records[0].excluded and records[0].excluded in page.replace("&#39;", "'")
 
 
+def test_excluded_run_through_the_cli_shows_fd_figure_and_reason(demo, tmp_path):
+    """An excluded run (fewer volumes than min_volumes) through the CLI: the worker draws
+    its FD-only figure and the participant report shows it with the reason."""
+    bids, simple, _ = demo
+    path = _variant(simple, simple.parent / "excl_cli.yaml", "exclcli", "\n  min_volumes: 1000")
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "--config", str(path)]
+    args += ["--participant-label", "01", "--atlas-cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    qc = json.loads(next((out / "sub-01" / "func").glob("*_desc-exclcli_qc.json")).read_text())
+    assert qc["Excluded"] and "min_volumes" in qc["ExclusionReason"]
+    figures = out / "sub-01" / "figures"
+    data = json.loads(next(figures.glob("*_desc-exclcli_figures.json")).read_text())
+    carpet = data["Figures"]["Carpet"]
+    assert carpet["Rows"] == 0 and carpet["Columns"] == qc["VolumesTotal"]  # FD only
+    img = _png(figures / carpet["File"])
+    x0, y0, width, height = carpet["FdPanel"]
+    inside = img[y0 + 1 : y0 + height - 1, x0 + 1 : x0 + width - 1]  # within the axes' spines
+    assert (inside.min(axis=2) < 160).any(axis=0).mean() > 0.9  # the FD trace spans the run
+    page = (out / "sub-01.html").read_text()
+    assert "No figures for this run" not in page
+    assert f'src="sub-01/figures/{carpet["File"]}"' in page
+    assert f'src="sub-01/figures/{data["Figures"]["Regressors"]["File"]}"' in page
+    assert qc["ExclusionReason"] in page.replace("&#39;", "'")
+    assert "the run is excluded, so it has no region signal to plot" in page
+    assert "Carpet plot: one row per region" not in page
+
+
+def test_scrubbing_marks_threshold_and_censored_volumes(demo, tmp_path):
+    """FD threshold 0.5 mm censors some of sub-01's volumes: the carpet figure's FD panel
+    has those volumes in the censored colour, the others not, and the dashed threshold
+    line at 0.5 mm; the records and the page say so."""
+    from bids_app.report import _mpl
+
+    bids, simple, _ = demo
+    scrub = "strategy: scrubbing\n  fd_threshold: 0.5\n  std_dvars_threshold: 100\n  scrub: 0"
+    path = _variant(
+        simple, simple.parent / "scrub.yaml", "scrub", "", **{"strategy: simple": scrub}
+    )
+    out = tmp_path / "out"
+    (record,), _ = process(bids, out, path, participants=["01"])
+    fd = record.framewise_displacement
+    nss = record.provenance["NonSteadyStateVolumes"]
+    censored = record.provenance["ScrubbedVolumes"]
+    assert censored == [v for v in np.flatnonzero(fd > 0.5) if v not in nss]
+    assert 2 <= len(censored) < record.n_volumes // 4
+    data = _figures_json(out, record, "scrub")
+    carpet = data["Figures"]["Carpet"]
+    assert data["FDThreshold"] == carpet["FdThreshold"] == 0.5
+    assert (carpet["Censored"], carpet["NonSteadyState"]) == (len(censored), len(nss))
+    img = _png(out / "sub-01" / "figures" / carpet["File"]).astype(int)
+    x0, y0, width, height = carpet["FdPanel"]
+    n = record.n_volumes
+
+    def share(color: str, volume: int) -> float:
+        """Fraction of the FD panel's pixel column at ``volume``'s centre in ``color``."""
+        column = img[y0 : y0 + height, int(x0 + (volume + 0.5) * width / n)]
+        return float((column == _mpl.hex_rgba(color)[:3]).all(axis=1).mean())
+
+    for v in range(n):
+        if v in censored:
+            assert share(_mpl.CENSORED, v) > 0.7, v
+        else:
+            assert share(_mpl.CENSORED, v) == 0, v
+        assert (share(_mpl.NSS, v) > 0.7) == (v in nss), v
+    # the dashed threshold line: accent-coloured pixels in the rows at 0.5 mm, not elsewhere
+    panel = img[y0 : y0 + height, x0 : x0 + width]
+    accent = (np.abs(panel - _mpl.hex_rgba(_mpl.ACCENT)[:3]) < 40).all(axis=2).mean(axis=1)
+    row = height - 0.5 / carpet["FdMax"] * height
+    near = np.abs(np.arange(height) + 0.5 - row) <= 2
+    assert accent[near].max() > 0.3  # dashes over about half the width
+    assert accent[~near].max() < 0.05
+    page = report.participant_report(out, "01").read_text()
+    assert "(FD threshold 0.5 mm)" in page and "the dashed line the censoring threshold" in page
+    assert f"{len(censored)} censored" in page
+
+
 def test_session_connectome_figures(demo, tmp_path):
     bids, simple, _ = demo
     path = _variant(
@@ -399,14 +477,43 @@ def test_reports_open_in_a_browser(outputs, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "reports: 4 passed, 0 failed" in run.stdout
     assert len(list((out.parent / "shots").glob("*.png"))) == 4
-    broken = tmp_path / "broken" / "out"  # one page, one figure missing, one outside link
+    broken = tmp_path / "broken" / "out"
+    # sub-01: a figure deleted after the page was written, an outside link, a console error
     shutil.copytree(out / "sub-01", broken / "sub-01")
     page = (out / "sub-01.html").read_text()
     (broken / "sub-01.html").write_text(
-        page.replace("</main>", '<img src="https://example.org/logo.png" alt=""></main>')
+        page.replace(
+            "</main>",
+            '<img src="https://example.org/logo.png" alt="">'
+            "<script>console.error('deliberate error')</script></main>",
+        )
     )
     next((broken / "sub-01" / "figures").glob("*_carpet.png")).unlink()
+    # sub-02: a figure already missing when the page was written (the page has no <img>)
+    shutil.copytree(out / "sub-02", broken / "sub-02")
+    shutil.copytree(out / "code", broken / "code")
+    gone = next((broken / "sub-02" / "figures").glob("*_desc-gsr_regressors.png"))
+    gone.unlink()
+    written = report.participant_report(broken, "02").read_text()
+    assert gone.name not in written and "<img" in written
+    # sub-03: a blank page
+    (broken / "sub-03.html").write_text(
+        "<!DOCTYPE html><html><head><title>sub-03</title></head><body></body></html>\n"
+    )
     run = check(broken, "--no-group")
     assert run.returncode == 1
-    assert "image did not load: sub-01/figures/" in run.stderr
-    assert "request outside the file system: https://example.org/logo.png" in run.stderr
+    assert "reports: 0 passed, 3 failed" in run.stdout
+    problems = {}
+    for line in run.stderr.splitlines():
+        name, _, problem = line.strip().partition(": ")
+        problems.setdefault(name, []).append(problem)
+    one, two, three = (problems[f"sub-0{i}.html"] for i in (1, 2, 3))
+    assert any(p.startswith("image did not load: sub-01/figures/") for p in one)
+    assert "request outside the file system: https://example.org/logo.png" in one
+    assert "console error: deliberate error" in one
+    assert not any("not shown" in p or "no current record" in p for p in one)
+    figs_json = naming.build_name(
+        {**naming.parse_name(gone.name)[0], "desc": "gsr"}, "figures", ".json"
+    )
+    assert two == [f"figure listed in {figs_json} not shown (no <img>): sub-02/figures/{gone.name}"]
+    assert any(p.startswith("blank page: 0 characters") for p in three)

@@ -18,6 +18,7 @@ from bids_app.write import read_tsv
 
 pytestmark = pytest.mark.slow
 STEM = "task-rest_space-fsLR_den-91k"
+_DLABEL = "tpl-fsLR_atlas-DemoSurf_den-91k_dseg.dlabel.nii"
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,50 @@ def test_cifti_group_level_and_grid_checks(cifti_demo, caplog, capsys):
     assert code == 64 and "smoothing_fwhm" in capsys.readouterr().err
 
 
+def test_cifti_report_says_why_surface_regions_are_na(cifti_demo, tmp_path):
+    """A cortex-only dtseries (no subcortical grayordinate) with one parcel constant: the
+    participant report names the surface reasons read from the coverage table."""
+    bids, config, _ = cifti_demo
+    root = tmp_path / "fmriprep"
+    func = root / "sub-01" / "func"
+    func.mkdir(parents=True)
+    shutil.copy(bids / "dataset_description.json", root)
+    for path in (bids / "sub-01" / "func").iterdir():
+        if not path.name.endswith(("_bold.nii.gz", ".dtseries.nii")):
+            shutil.copy(path, func)
+    (dense,) = (bids / "sub-01" / "func").glob("*_bold.dtseries.nii")
+    img = nib.load(dense)
+    series, brain = img.header.get_axis(0), img.header.get_axis(1)
+    cortex = brain.surface_mask
+    values = np.asanyarray(img.dataobj)[:, cortex]
+    labels = np.asanyarray(nib.load(config.parent / "atlas" / _DLABEL).dataobj)[0].astype(int)
+    values[:, labels[cortex] == 1] = 1000.0  # parcel 1: constant over the run
+    nib.Cifti2Image(values, header=(series, brain[cortex])).to_filename(func / dense.name)
+    out = tmp_path / "out"
+    args = [str(root), str(out), "participant", "--config", str(config), "--space", "fsLR"]
+    assert main(args + ["--atlas-cache", str(tmp_path / "cache")]) == 0
+    cov = read_tsv(next(out.glob("sub-01/func/*_atlas-DemoSurf_desc-simple_coverage.tsv")))
+    lut = read_tsv(out / "atlas-DemoSurf_dseg.tsv")
+    subcortex = [n for n in lut["name"] if n.startswith("Thalamus")]
+    assert len(subcortex) == 2
+    cov = cov.set_index("name")
+    assert (cov.loc[subcortex, "n_grayordinates_in_data"] == 0).all()
+    assert (cov.loc[subcortex, "n_grayordinates"] > 0).all()
+    first = lut["name"][0]
+    assert cov.loc[first, "n_grayordinates_in_data"] > 0 == cov.loc[first, "n_grayordinates_usable"]
+    assert (cov.drop(index=[first, *subcortex])["coverage"] == 1).all()
+    page = (out / "sub-01.html").read_text()
+    for name in subcortex:
+        assert f"{name} (no grayordinate in the data)" in page
+    assert f"{first} (no usable grayordinate (constant or n/a data))" in page
+    assert "below min_coverage" not in page
+    assert "3 n/a" in page
+    methods = (out / "logs" / "desc-simple_methods.md").read_text()
+    assert "extracted from 1 atlas: DemoSurf (a labels atlas, mean of each region's " in methods
+    assert "DemoGrid" not in methods  # volume atlases are skipped for surface runs
+    assert "without usable grayordinates in the data were n/a" in methods
+
+
 def _gifti_func(path: Path, data: np.ndarray, hemi: str) -> None:
     structure = "CortexLeft" if hemi == "L" else "CortexRight"
     arrays = [
@@ -189,57 +234,120 @@ def _gifti_labels(path: Path, labels: np.ndarray, hemi: str, names: list[str]) -
     nib.save(img, path)
 
 
-def test_gifti_hemisphere_pair_is_one_run(cifti_demo, tmp_path):
+N_VERT, N_VOL, K = 10242, 50, 6  # fsaverage5 vertices a hemisphere, volumes, parcels
+GIFTI_SUBJECTS = ("01", "02", "03")
+
+
+@pytest.fixture(scope="module")
+def gifti_dataset(cifti_demo, tmp_path_factory) -> tuple[Path, Path]:
+    """fsaverage5 hemisphere pairs of three participants (the demo's confounds; parcels
+    1, 3, 5 share one network, 2, 4, 6 another), a .label.gii pair and a configuration."""
     bids, _, _ = cifti_demo
-    n_vert, n_vol, k = 10242, 50, 6  # fsaverage5
-    rng = np.random.default_rng(0)
-    root = tmp_path / "fmriprep"
-    func = root / "sub-01" / "func"
-    func.mkdir(parents=True)
+    tmp = tmp_path_factory.mktemp("gifti")
+    root = tmp / "fmriprep"
+    root.mkdir()
     shutil.copy(bids / "dataset_description.json", root)
-    for suffix in ("tsv", "json"):
-        shutil.copy(
-            next(bids.glob(f"sub-01/func/*_desc-confounds_timeseries.{suffix}")),
-            func / f"sub-01_task-rest_desc-confounds_timeseries.{suffix}",
-        )
-    (func / "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.json").write_text(
-        '{"RepetitionTime": 2.0}'
-    )  # fMRIPrep < 21 wrote no sidecar for GIFTI: this one is used
-    networks = rng.standard_normal((n_vol, 2))
-    atlas = tmp_path / "atlas"
+    labels = (np.arange(N_VERT) * K) // N_VERT + 1
+    labels[:300] = 0  # medial wall
+    atlas = tmp / "atlas"
     atlas.mkdir()
     for hemi in ("L", "R"):
-        labels = (np.arange(n_vert) * k) // n_vert + 1
-        labels[:300] = 0  # medial wall
-        signal = networks[:, (labels - 1) % 2] * (labels > 0) + rng.standard_normal((n_vol, n_vert))
-        _gifti_func(
-            func / f"sub-01_task-rest_hemi-{hemi}_space-fsaverage5_bold.func.gii",
-            1000 + 10 * signal,
-            hemi,
-        )
         _gifti_labels(
             atlas / f"{hemi.lower()}h.parcels.label.gii",
             labels,
             hemi,
-            [f"{hemi}_P{i + 1}" for i in range(k)],
+            [f"{hemi}_P{i + 1}" for i in range(K)],
         )
-    config = tmp_path / "surf.yaml"
+    for sub in GIFTI_SUBJECTS:
+        rng = np.random.default_rng(int(sub))
+        func = root / f"sub-{sub}" / "func"
+        func.mkdir(parents=True)
+        for suffix in ("tsv", "json"):
+            shutil.copy(
+                next(bids.glob(f"sub-{sub}/func/*_desc-confounds_timeseries.{suffix}")),
+                func / f"sub-{sub}_task-rest_desc-confounds_timeseries.{suffix}",
+            )
+        # fMRIPrep < 21 wrote no sidecar for GIFTI: the volume BOLD's is used
+        volume = f"sub-{sub}_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.json"
+        (func / volume).write_text('{"RepetitionTime": 2.0}')
+        networks = rng.standard_normal((N_VOL, 2))
+        for hemi in ("L", "R"):
+            noise = rng.standard_normal((N_VOL, N_VERT))
+            signal = networks[:, (labels - 1) % 2] * (labels > 0) + noise
+            _gifti_func(
+                func / f"sub-{sub}_task-rest_hemi-{hemi}_space-fsaverage5_bold.func.gii",
+                1000 + 10 * signal,
+                hemi,
+            )
+    config = tmp / "surf.yaml"
     config.write_text(
         "space: fsaverage5\n"
         "denoise: {name: simple, strategy: simple, high_pass: 0.01}\n"
         f"atlases: [{{name: Parcels, kind: labels, image: {atlas}/lh.parcels.label.gii, "
         f"image_right: {atlas}/rh.parcels.label.gii}}]\n"
     )
+    return root, config
+
+
+def test_gifti_hemisphere_pair_is_one_run(gifti_dataset, tmp_path):
+    root, config = gifti_dataset
     out = tmp_path / "out"
-    assert main([str(root), str(out), "participant", "--config", str(config), "--no-reports"]) == 0
+    args = [str(root), str(out), "participant", "--config", str(config), "--no-reports"]
+    assert main(args + ["--participant-label", "01"]) == 0
     (ts_path,) = out.glob("sub-01/func/*_timeseries.tsv")
     assert (
         ts_path.name == "sub-01_task-rest_space-fsaverage5_atlas-Parcels_desc-simple_timeseries.tsv"
     )
     ts = read_tsv(ts_path)
-    assert list(ts.columns) == [f"L_P{i + 1}" for i in range(k)] + [f"R_P{i + 1}" for i in range(k)]
+    assert list(ts.columns) == [f"{h}_P{i + 1}" for h in "LR" for i in range(K)]
     rel = read_tsv(
         next(out.glob("sub-01/func/*_meas-correlation_desc-simple_relmat.tsv"))
     ).to_numpy()
     assert rel[0, 2] > 0.5 and abs(rel[0, 1]) < 0.3  # parcels 1 and 3 share a network
     assert not list(out.rglob("*.ptseries.nii"))  # CIFTI outputs for CIFTI runs only
+
+
+def test_gifti_group_level(gifti_dataset, tmp_path):
+    """Participant and group level of the GIFTI runs through the CLI, with reports: the
+    group mean is the Fisher-z mean of the three participants' matrices."""
+    root, config = gifti_dataset
+    out = tmp_path / "out"
+    args = [str(root), str(out), "--config", str(config), "--atlas-cache", str(tmp_path / "c")]
+    assert main(args[:2] + ["participant"] + args[2:]) == 0
+    assert main(args[:2] + ["group"] + args[2:]) == 0
+    key = "task-rest_space-fsaverage5_atlas-Parcels_meas-correlation_desc-simple"
+    mean = read_tsv(out / "group" / f"{key}_relmat.tsv")
+    assert list(mean.columns) == [f"{h}_P{i + 1}" for h in "LR" for i in range(K)]
+    side = json.loads((out / "group" / f"{key}_relmat.json").read_text())
+    assert side["NumberOfParticipants"] == len(GIFTI_SUBJECTS)
+    runs = [
+        read_tsv(out / f"sub-{s}" / "func" / f"sub-{s}_{key}_relmat.tsv").to_numpy()
+        for s in GIFTI_SUBJECTS
+    ]
+    off = ~np.eye(2 * K, dtype=bool)
+    expected = np.tanh(np.mean([np.arctanh(m[off]) for m in runs], axis=0))
+    np.testing.assert_allclose(mean.to_numpy()[off], expected, atol=1e-5)
+    assert mean.to_numpy()[0, 2] > 0.5  # the shared network, in the group mean too
+    qc = read_tsv(out / "group" / "task-rest_space-fsaverage5_desc-simple_qc.tsv")
+    assert len(qc) == len(GIFTI_SUBJECTS)
+    assert not any("hemi" in p.name for p in out.rglob("*") if p.is_file())
+    assert (out / "group" / "report.html").is_file()
+    for sub in GIFTI_SUBJECTS:
+        page = (out / f"sub-{sub}.html").read_text()
+        assert "_carpet.png" in page and "_relmat.png" in page
+
+
+def test_gifti_lone_hemisphere_fails_naming_the_file(gifti_dataset, tmp_path, capsys):
+    """A hemi-L file without its hemi-R partner is not a run: the run fails with a message
+    naming the file (single hemispheres are not supported, see docs/surfaces.md)."""
+    root, config = gifti_dataset
+    lone = tmp_path / "fmriprep"
+    shutil.copytree(root / "sub-01", lone / "sub-01")
+    shutil.copy(root / "dataset_description.json", lone)
+    next(lone.glob("sub-01/func/*_hemi-R_*.func.gii")).unlink()
+    (left,) = lone.resolve().glob("sub-01/func/*_hemi-L_*.func.gii")
+    out = tmp_path / "out"
+    code = main([str(lone), str(out), "participant", "--config", str(config), "--no-reports"])
+    assert code == 65
+    assert f"{left}: no hemi-R file to pair with it" in capsys.readouterr().err
+    assert not list(out.rglob("*_timeseries.tsv"))

@@ -24,11 +24,10 @@ from nibabel.affines import apply_affine
 from scipy import sparse
 
 from ..errors import ConfigError, InputDataError
+from ..vocabulary import BUILTIN_COORDINATES
 from .stream import VolumeReader, load_image
 
 log = logging.getLogger(__name__)
-
-KINDS = ("labels", "maps", "spheres", "regions")
 
 
 @dataclass
@@ -184,9 +183,6 @@ def unique_names(names: list[str], index: list[Any]) -> list[str]:
     names = [str(n) if str(n) != "" else str(i) for n, i in zip(names, index, strict=True)]
     counts = pd.Series(names).value_counts()
     return [f"{n}_{i}" if counts[n] > 1 else n for n, i in zip(names, index, strict=True)]
-
-
-BUILTIN_COORDINATES = ("power2011", "dosenbach2010", "seitzman2018")
 
 
 def _builtin_coordinates(spec: str | Path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,8 @@ def figure_path(
 def _zscore_rows(data: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """Each row minus its mean, over its standard deviation (both over ``columns``)."""
     ref = data if columns is None else data[:, columns]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # n/a regions: all-NaN rows
         mean = np.nanmean(ref, axis=1, keepdims=True) if ref.shape[1] else 0.0
         std = np.nanstd(ref, axis=1, keepdims=True) if ref.shape[1] else 1.0
     std = np.where(np.isfinite(std) & (std > 0), std, np.inf)
@@ -283,6 +285,11 @@ def carpet_png(record: RunRecord, orderings: Mapping[str, Ordering]) -> tuple[by
         "pixels_per_row": float(fy),
         "pixels_per_volume": float(fx),
         "panel": [int(x0), int(top), int(pw), int(ph)],
+        "fd_panel": [int(x0), int(y_fd), int(pw), int(fd_h)],  # FD axes box, y from 0 to fd_max
+        "fd_max": float(ymax),
+        "fd_threshold": threshold,
+        "non_steady_state": len(nss),
+        "censored": len(scrubbed),
     }
     return cv.png(), info
 

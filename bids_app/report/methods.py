@@ -207,6 +207,30 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def _applicable_atlases(
+    configuration: Mapping[str, Any], files: Mapping[str, str] | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """The configured atlases used for runs of the configured space (a volume atlas is
+    skipped for surface runs, and the reverse) and the kind of grid of those runs.
+
+    ``files`` (path -> digest, as recorded) gives back the file names of atlases recorded
+    by digest: the kind of grid of an atlas follows from its file name.
+    """
+    from ..config import Config
+
+    atlases = list(configuration.get("atlases") or [])
+    paths = {digest: path for path, digest in (files or {}).items()}
+    named = [
+        {k: paths.get(v, v) if isinstance(v, str) else v for k, v in a.items()} for a in atlases
+    ]
+    try:
+        config = Config.model_validate({**configuration, "atlases": named})
+    except ValueError:  # recorded by another version: every atlas
+        return atlases, "volume"
+    used = {a.name for a in config.applicable_atlases}
+    return [a for a in atlases if a.get("name") in used], config.grid
+
+
 def atlas_references(
     name: str, coordinates: str | None = None, region_names: Sequence[str] = ()
 ) -> list[str]:
@@ -281,6 +305,7 @@ def build_methods(
     software: str,
     versions: Mapping[str, str],
     region_names: Mapping[str, Sequence[str]] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Methods:
     """The methods of one ``desc``.
 
@@ -295,6 +320,9 @@ def build_methods(
         :func:`software_versions`.
     region_names
         Region names per atlas (to recognise Schaefer parcellations by their names).
+    files
+        The recorded ``Files`` (path -> digest) of a configuration whose atlas files are
+        recorded by digest.
     """
     from ..config import DenoiseConfig
     from ..presets import effective_parameters
@@ -378,12 +406,13 @@ def build_methods(
         )
     m.paragraphs.append(text)
     # atlases
-    atlases = list(configuration.get("atlases") or [])
+    atlases, grid = _applicable_atlases(configuration, files)
+    unit = "voxels" if grid == "volume" else "grayordinates"
     items = []
     for atlas in atlases:
         name, kind = str(atlas.get("name")), atlas.get("kind")
         if kind == "labels":
-            how = f"a labels atlas, {atlas.get('strategy', 'mean')} of each region's voxels"
+            how = f"a labels atlas, {atlas.get('strategy', 'mean')} of each region's {unit}"
         elif kind == "maps":
             how = "probabilistic maps, least-squares fit of the maps to each volume"
         elif kind == "spheres":
@@ -406,7 +435,9 @@ def build_methods(
     m.paragraphs.append(
         f"Region signals were extracted from {len(atlases)} atlas{'es' if len(atlases) != 1 else ''}"
         f"{f' after spatial smoothing ({_num(smooth)} mm FWHM)' if smooth else ''}: "
-        f"{'; '.join(items)}. Regions without usable voxels inside the brain mask were n/a."
+        f"{'; '.join(items)}. Regions without usable "
+        f"{'voxels inside the brain mask' if grid == 'volume' else 'grayordinates in the data'} "
+        "were n/a."
     )
     # cleaning
     steps = []

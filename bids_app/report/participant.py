@@ -71,15 +71,17 @@ def methods_for(
     if record and isinstance(record.get("Configuration"), dict):
         configuration = record["Configuration"]
         software = str(record.get("Software") or naming.SOFTWARE)
+        files = record.get("Files")
     elif config is not None and config.denoise.name == desc:
         configuration, software = config.model_dump(mode="json"), naming.SOFTWARE
+        files = None
     else:
         return None, record
     names = {
         str(a.get("name")): region_names(output_dir, str(a.get("name")))
         for a in configuration.get("atlases") or []
     }
-    return build_methods(configuration, software, software_versions(), names), record
+    return build_methods(configuration, software, software_versions(), names, files), record
 
 
 def methods_markdown_path(output_dir: Path, desc: str) -> Path:
@@ -88,6 +90,17 @@ def methods_markdown_path(output_dir: Path, desc: str) -> Path:
 
 
 # --- runs ---------------------------------------------------------------------------------
+
+
+# Coverage columns that, at 0, say why a region is n/a: volume runs, then surface runs.
+_EMPTY_REASONS = (
+    ("n_voxels", "no voxel on the BOLD grid"),
+    ("n_voxels_in_mask", "outside the brain mask"),
+    ("n_voxels_usable", "no usable voxel (constant or n/a BOLD)"),
+    ("n_grayordinates", "no grayordinate in the atlas"),
+    ("n_grayordinates_in_data", "no grayordinate in the data"),
+    ("n_grayordinates_usable", "no usable grayordinate (constant or n/a data)"),
+)
 
 
 def _coverage(path: Path, missing: list[str]) -> dict[str, Any]:
@@ -100,12 +113,9 @@ def _coverage(path: Path, missing: list[str]) -> dict[str, Any]:
         usable = str(r.get("usable", "")).lower() == "true"
         cov = _float(r.get("coverage"))
         if not usable or name in missing_set:
-            if _float(r.get("n_voxels")) == 0:
-                why = "no voxel on the BOLD grid"
-            elif _float(r.get("n_voxels_in_mask")) == 0:
-                why = "outside the brain mask"
-            elif _float(r.get("n_voxels_usable")) == 0:
-                why = "no usable voxel (constant or n/a BOLD)"
+            empty = next((why for col, why in _EMPTY_REASONS if _float(r.get(col)) == 0), None)
+            if empty is not None:
+                why = empty
             elif not usable:
                 why = f"coverage {cov:.0%} below min_coverage" if cov is not None else "unusable"
             else:
@@ -113,7 +123,8 @@ def _coverage(path: Path, missing: list[str]) -> dict[str, Any]:
             na.append({"name": name, "why": why, "coverage": cov})
         elif cov is not None and cov < 0.5:
             low.append({"name": name, "coverage": cov})
-    return {"regions": len(rows) or None, "na": na, "low": low}
+    unit = "grayordinates" if rows and "n_grayordinates" in rows[0] else "voxels"
+    return {"regions": len(rows) or None, "na": na, "low": low, "unit": unit}
 
 
 def _figure(folder: Path, rel: str, entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -166,7 +177,7 @@ def _run_entry(
         cov = (
             _coverage(func / meta["CoverageFile"], list(meta.get("MissingRegions") or []))
             if meta.get("CoverageFile")
-            else {"regions": None, "na": [], "low": []}
+            else {"regions": None, "na": [], "low": [], "unit": "voxels"}
         )
         if cov["regions"] is None and meta.get("Columns"):
             cov["regions"] = len(meta["Columns"])
