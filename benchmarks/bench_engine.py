@@ -3,7 +3,7 @@
 1. Parent memory flat in the number of runs: the demo dataset (synthetic BOLD on the
    MNI152NLin2009cAsym 2 mm grid, the demo's four atlases) with 10 and with 200 runs,
    processed by ``bids-connectome participant`` in a fresh process; peak RSS of that
-   process (``ru_maxrss``), serial (the runs computed in the process itself) and with
+   process (``VmHWM``), serial (the runs computed in the process itself) and with
    ``--n-jobs 2`` (the process only orchestrates; each run is a child process).
 2. Rerun: the demo as the README runs it (3 participants x 2 sessions, 100 volumes), the
    first participant-level run against the same command again (every run current: skipped).
@@ -22,11 +22,14 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
+def peak_mib():  # VmHWM: this process's own peak (ru_maxrss carries the forking parent's over)
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 t0 = time.perf_counter()
 from bids_app.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": peak_mib()}))
 """
 
 

@@ -26,11 +26,14 @@ import numpy as np
 
 CHILD = """
 import json, resource, sys, time
+def peak_mib():  # VmHWM: this process's own peak (ru_maxrss carries the forking parent's over)
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
 t0 = time.perf_counter()
 from bids_app.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": peak_mib()}))
 """
 SPACE = "MNI152NLin2009cAsym"
 

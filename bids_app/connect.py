@@ -8,7 +8,9 @@ of the data): it is left out of every estimate and comes back as NaN rows and co
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -268,6 +270,18 @@ def _check_spd(stack: np.ndarray, chunk: int) -> None:
             )
 
 
+def _in_halves(work, n: int) -> list:
+    """``[work(0, h), work(h, n)]`` with ``h = ceil(n / 2)``, in two threads when there are
+    two cores (LAPACK and BLAS release the GIL). The split depends on ``n`` only, so the
+    results do not depend on the machine."""
+    half = (n + 1) // 2
+    ranges = [(0, half), (half, n)]
+    if (os.cpu_count() or 1) >= 2 and n >= 2:
+        with ThreadPoolExecutor(2, thread_name_prefix="bids-connectome-tangent") as pool:
+            return list(pool.map(lambda r: work(*r), ranges))
+    return [work(*r) for r in ranges]
+
+
 def _whitened_log_sum(stack: np.ndarray, chol: np.ndarray, chunk: int) -> np.ndarray:
     """``sum_k logm(L^-1 C_k L^-T)`` for the Cholesky factor ``L`` of the current mean.
 
@@ -278,13 +292,27 @@ def _whitened_log_sum(stack: np.ndarray, chol: np.ndarray, chunk: int) -> np.nda
     product) of the eigenvectors scaled by ``sqrt(|l|)``: negative ``l`` (eigenvalues below 1)
     come first in the ascending order of ``eigh``.
     """
-    n, p, _ = stack.shape
     chol_f = np.asfortranarray(chol)
+    first, second = _in_halves(
+        lambda start, stop: _whitened_log_sum_range(stack, chol_f, start, stop, chunk),
+        stack.shape[0],
+    )
+    acc = first + second
+    return np.triu(acc) + np.triu(acc, 1).T
+
+
+def _whitened_log_sum_range(
+    stack: np.ndarray, chol_f: np.ndarray, start: int, stop: int, chunk: int
+) -> np.ndarray:
+    """The sum of :func:`_whitened_log_sum` over ``stack[start:stop]``, upper triangle only."""
+    p = stack.shape[1]
     acc = np.zeros((p, p), order="F")  # upper triangle used
-    buffer = np.empty((min(chunk, n), p, p))
-    for start in range(0, n, chunk):
-        block = buffer[: min(chunk, n - start)]
-        np.copyto(block, stack[start : start + len(block)])
+    if stop <= start:
+        return acc
+    buffer = np.empty((min(chunk, stop - start), p, p))
+    for first in range(start, stop, chunk):
+        block = buffer[: min(chunk, stop - first)]
+        np.copyto(block, stack[first : first + len(block)])
         for matrix in block:
             # matrix.T is the same symmetric matrix in Fortran order: dsygst overwrites its
             # lower triangle, the upper triangle of ``matrix``
@@ -302,7 +330,7 @@ def _whitened_log_sum(stack: np.ndarray, chol: np.ndarray, chunk: int) -> np.nda
                 acc = linalg.blas.dsyrk(-1.0, rows[:m].T, beta=1.0, c=acc, overwrite_c=1)
             if m < p:
                 acc = linalg.blas.dsyrk(1.0, rows[m:].T, beta=1.0, c=acc, overwrite_c=1)
-    return np.triu(acc) + np.triu(acc, 1).T
+    return acc
 
 
 def _geometric_mean_stack(
@@ -375,20 +403,24 @@ def _tangent_transform(
     stack: np.ndarray, whitening: np.ndarray, out: np.ndarray, chunk: int
 ) -> None:
     """``out[k] = logm(W C_k W)`` symmetrized, chunk by chunk (``out`` may be ``stack``)."""
-    n, p, _ = stack.shape
-    first = np.empty((min(chunk, n), p, p))
-    second = np.empty_like(first)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        a, b = first[: stop - start], second[: stop - start]
-        np.matmul(whitening, stack[start:stop], out=a)
-        np.matmul(a, whitening, out=b)
-        values, vectors = np.linalg.eigh(b)
-        np.multiply(vectors, np.log(values)[:, None, :], out=a)
-        np.matmul(a, vectors.transpose(0, 2, 1), out=b)
-        target = out[start:stop]
-        np.add(b, b.transpose(0, 2, 1), out=target)
-        target *= 0.5
+
+    def work(start: int, stop: int) -> None:
+        p = stack.shape[1]
+        first = np.empty((min(chunk, max(stop - start, 1)), p, p))
+        second = np.empty_like(first)
+        for begin in range(start, stop, chunk):
+            end = min(begin + chunk, stop)
+            a, b = first[: end - begin], second[: end - begin]
+            np.matmul(whitening, stack[begin:end], out=a)
+            np.matmul(a, whitening, out=b)
+            values, vectors = np.linalg.eigh(b)
+            np.multiply(vectors, np.log(values)[:, None, :], out=a)
+            np.matmul(a, vectors.transpose(0, 2, 1), out=b)
+            target = out[begin:end]
+            np.add(b, b.transpose(0, 2, 1), out=target)
+            target *= 0.5
+
+    _in_halves(work, stack.shape[0])
 
 
 def tangent_from_covariances(

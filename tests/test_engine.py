@@ -95,23 +95,28 @@ def _temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".staging-" in p.name]
 
 
-@pytest.mark.parametrize("moment", ["while-writing", "after-first-run"])
-def test_kill_9_then_rerun_is_byte_identical(demo, reference, tmp_path, moment):
-    bids, config = demo
-    out = tmp_path / "killed" / "out"
-    proc = _spawn(bids, out, "participant", "--config", config)
+def _kill_when(ready, *args) -> None:
+    """Start ``bids-connectome ARGS`` and ``kill -9`` it as soon as ``ready()``."""
+    proc = _spawn(*args)
     deadline = time.monotonic() + 120
     try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if moment == "while-writing" and out.is_dir() and _temporaries(out):
-                break
-            if moment == "after-first-run" and list(out.glob("sub-*/func/.*_run.json")):
-                break
+        while proc.poll() is None and time.monotonic() < deadline and not ready():
             time.sleep(0.002)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+
+
+@pytest.mark.parametrize("moment", ["while-writing", "after-first-run"])
+def test_kill_9_then_rerun_is_byte_identical(demo, reference, tmp_path, moment):
+    bids, config = demo
+    out = tmp_path / "killed" / "out"
+    if moment == "while-writing":
+        ready = lambda: out.is_dir() and bool(_temporaries(out))  # noqa: E731
+    else:
+        ready = lambda: bool(list(out.glob("sub-*/func/.*_run.json")))  # noqa: E731
+    _kill_when(ready, bids, out, "participant", "--config", config)
     assert cli(bids, out, "participant", "--config", config) == 0
     assert cli(bids, out, "group", "--config", config) == 0
     assert not _temporaries(out)
@@ -122,17 +127,8 @@ def test_kill_9_during_the_group_level_then_rerun_is_byte_identical(demo, refere
     bids, config = demo
     out = tmp_path / "killed" / "out"
     assert cli(bids, out, "participant", "--config", config) == 0
-    proc = _spawn(bids, out, "group", "--config", config)
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if any(p.is_file() for p in (out / "group").glob(".staging-*/*")):
-                break
-            time.sleep(0.002)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the group level finished before it was killed"
+    staged = lambda: any(p.is_file() for p in (out / "group").glob(".staging-*/*"))  # noqa: E731
+    _kill_when(staged, bids, out, "group", "--config", config)
     assert _temporaries(out), "nothing staged when killed"
     assert cli(bids, out, "group", "--config", config) == 0
     assert not _temporaries(out)

@@ -182,19 +182,7 @@ def test_low_pass_above_nyquist_warns(demo, bids, tmp_path, capsys):
 def test_regions_threshold_is_checked_with_the_configuration(
     demo, tmp_path, capsys, threshold, two_sided, message
 ):
-    config = variant(
-        demo[1],
-        tmp_path,
-        lambda d: d["atlases"].append(
-            {
-                "name": "Tmap",
-                "kind": "regions",
-                "image": "atlas/demo_tmap.nii.gz",
-                "threshold": threshold,
-                "two_sided": two_sided,
-            }
-        ),
-    )
+    config = _tmap_variant(demo[1], tmp_path, threshold, two_sided)
     code, err = run(capsys, demo[0], tmp_path / "out", "participant", "--config", config)
     assert code == 64
     assert f"atlases.Tmap.threshold: {message}" in err
@@ -204,50 +192,50 @@ def test_regions_threshold_is_checked_with_the_configuration(
 def test_regions_negative_one_sided_threshold_is_accepted(demo, tmp_path):
     from bids_app.config import load_config
 
-    config = variant(
-        demo[1],
-        tmp_path,
-        lambda d: d["atlases"].append(
-            {
-                "name": "Tmap",
-                "kind": "regions",
-                "image": "atlas/demo_tmap.nii.gz",
-                "threshold": -2,
-                "two_sided": False,
-            }
-        ),
-    )
+    config = _tmap_variant(demo[1], tmp_path, -2, False)
     assert load_config(config).atlases[-1].threshold == -2.0
 
 
-def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys, caplog):
-    out = tmp_path / "out"
+def _tmap_variant(config: Path, tmp_path: Path, threshold, two_sided: bool) -> Path:
+    """The demo configuration with a regions atlas from the demo's statistical map."""
+    entry = {
+        "name": "Tmap",
+        "kind": "regions",
+        "image": "atlas/demo_tmap.nii.gz",
+        "threshold": threshold,
+        "two_sided": two_sided,
+    }
+    return variant(config, tmp_path, lambda d: d["atlases"].append(entry))
+
+
+def _group_with_broken_qc(demo, out: Path, capsys, damage) -> tuple[int, str, Path]:
+    """Participant level, ``damage(path)`` on sub-02's ``_qc.json``, group level."""
     assert run(capsys, demo[0], out, "participant", "--config", demo[1])[0] == 0
     qc = next(out.glob("sub-02/func/*_qc.json"))
-    qc.unlink()
+    damage(qc)
     code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
-    assert code == 0
-    assert "no usable *_qc.json" in err and "sub-02" in err
     table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")
     assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
+    return code, err, qc
+
+
+def test_missing_qc_sidecar_is_named_at_group_level(demo, tmp_path, capsys):
+    code, err, _ = _group_with_broken_qc(demo, tmp_path / "out", capsys, Path.unlink)
+    assert code == 0
+    assert "no usable *_qc.json" in err and "sub-02" in err
 
 
 @pytest.mark.parametrize(
     "key, value",
     [("VolumesTotal", "many"), ("MeanFramewiseDisplacement", [0.1]), ("Excluded", "no")],
 )
-def test_qc_sidecar_with_a_bad_value_is_left_out_of_the_group(
-    demo, tmp_path, capsys, caplog, key, value
-):
-    out = tmp_path / "out"
-    assert run(capsys, demo[0], out, "participant", "--config", demo[1])[0] == 0
-    qc = next(out.glob("sub-02/func/*_qc.json"))
-    qc.write_text(json.dumps(json.loads(qc.read_text()) | {key: value}))
-    code, err = run(capsys, demo[0], out, "group", "--config", demo[1])
-    assert code == 1 and "Traceback" not in err
+def test_qc_sidecar_with_a_bad_value_is_left_out_of_the_group(demo, tmp_path, capsys, key, value):
+    def damage(qc: Path) -> None:
+        qc.write_text(json.dumps(json.loads(qc.read_text()) | {key: value}))
+
+    code, err, qc = _group_with_broken_qc(demo, tmp_path / "out", capsys, damage)
+    assert code == 1
     assert f"{qc.name}: {key} is not" in err
-    table = read_tsv(out / "group" / "task-rest_space-MNI152NLin2009cAsym_desc-simple_qc.tsv")
-    assert table["participant_id"].tolist() == ["sub-01", "sub-03"]
 
 
 # --- tracebacks ---------------------------------------------------------------------------------
@@ -457,17 +445,16 @@ def test_aborted_group_run_leaves_no_group_folder(
     assert sorted(p.relative_to(out) for p in (out / "group").rglob("*")) == before
 
 
+def _with_tangent(config: Path, tmp_path: Path) -> Path:
+    measures = ["correlation", "partialcorrelation", "tangent"]
+    return variant(config, tmp_path, lambda d: d["connectivity"].update(measures=measures))
+
+
 def test_bad_time_series_is_left_out_of_the_tangent_space(
     participant_outputs, demo, tmp_path, capsys, caplog
 ):
     out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
-    config = variant(
-        demo[1],
-        tmp_path,
-        lambda d: d["connectivity"].update(
-            measures=["correlation", "partialcorrelation", "tangent"]
-        ),
-    )
+    config = _with_tangent(demo[1], tmp_path)
     ts = next(out.glob("sub-01/func/*DemoGrid_desc-simple_timeseries.tsv"))
     _break(ts, "text-in-a-cell")
     code, err = run(capsys, demo[0], out, "group", "--config", config)
@@ -482,13 +469,7 @@ def test_sources_are_bids_uris_at_both_levels(participant_outputs, demo, tmp_pat
     """One URI style in every ``Sources`` (participant and group, tangent included), each
     resolving to an existing file; a run's sources are its BOLD, brain mask and confounds."""
     out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
-    config = variant(
-        demo[1],
-        tmp_path,
-        lambda d: d["connectivity"].update(
-            measures=["correlation", "partialcorrelation", "tangent"]
-        ),
-    )
+    config = _with_tangent(demo[1], tmp_path)
     assert run(capsys, demo[0], out, "group", "--config", config)[0] == 0
     links = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]
     roots = {"": out, **{name: (out / link).resolve() for name, link in links.items()}}

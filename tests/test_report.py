@@ -517,3 +517,35 @@ def test_reports_open_in_a_browser(outputs, tmp_path):
     )
     assert two == [f"figure listed in {figs_json} not shown (no <img>): sub-02/figures/{gone.name}"]
     assert any(p.startswith("blank page: 0 characters") for p in three)
+
+
+_CHILD = """
+import sys
+from bids_app.cli import main
+code = main(sys.argv[1:])
+print("nilearn" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_glass_brain_is_cached_with_the_atlases(demo, tmp_path):
+    """The second job of a cohort takes the rendered glass brain from the atlas cache: no
+    nilearn import, and the same figure bytes as the job that rendered it."""
+    bids, config, _ = demo
+    cache, trees = tmp_path / "cache", []
+    for i in range(2):
+        out = tmp_path / f"job{i}" / "out"
+        args = [bids, out, "participant", "--config", config, "--participant-label", "01"]
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, *map(str, args), "--atlas-cache", str(cache)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[-1] == ("True" if i == 0 else "False")
+        figures = sorted((out / "sub-01" / "figures").glob("*_connectome.png"))
+        assert figures, "no connectome figure"
+        trees.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in figures})
+    assert len(list(cache.glob("glass-*.npz"))) == 1
+    assert trees[0] == trees[1]

@@ -99,6 +99,7 @@ def warm_up(ctx: RunContext | None = None) -> None:
     from . import _mpl, glass
     from .networks import lut_network_column, region_networks
 
+    glass.use_cache(None if ctx is None else ctx.cache_dir)
     glass.warm_up()
     numbers = [str(i) for i in (*range(0, 500, 10), *range(500, 2001, 50))]
     keys = [(n, float(_mpl.FONT - 1), "normal") for n in numbers]  # carpet volume ticks
@@ -111,4 +112,10 @@ def warm_up(ctx: RunContext | None = None) -> None:
     _mpl.text_bitmaps(keys)
 
 
-__all__ = ["group_report", "participant_report", "run_figures", "unit_figures", "warm_up"]
+__all__ = [
+    "group_report",
+    "participant_report",
+    "run_figures",
+    "unit_figures",
+    "warm_up",
+]

@@ -585,6 +585,9 @@ def run_figures(record: RunRecord, ctx: RunContext) -> list[Path]:
     Call it in the worker right after :func:`bids_app.write.write_run`. Reads nothing
     from disk; cost on the 300-volume benchmark run: see docs/reports.md.
     """
+    from . import glass
+
+    glass.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)
     orderings = atlas_orderings(ctx, [a.name for a in record.atlases])
@@ -643,6 +646,9 @@ def run_figures(record: RunRecord, ctx: RunContext) -> list[Path]:
 def unit_figures(record: UnitRecord, ctx: RunContext) -> list[Path]:
     """Matrix and connectome figures of a session / subject connectome
     (``connectivity.aggregate``); call it right after :func:`bids_app.write.write_unit`."""
+    from . import glass
+
+    glass.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)
     orderings = atlas_orderings(ctx, list(record.matrices))

@@ -14,8 +14,11 @@ forking workers so that none of them pays for it).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,15 +39,72 @@ class Background:
 
 _CACHE: dict[tuple[float, float, int], Background] = {}
 _LOCK = threading.Lock()
+_DISK: list[Path] = []  # the on-disk cache folder, when one is in use (see use_cache)
+
+
+def use_cache(folder: Path | str | None) -> None:
+    """Keep the rendered glass brain in ``folder`` too (the atlas cache, ``--atlas-cache``),
+    so that the jobs of a cohort do not each import nilearn and render it."""
+    _DISK[:] = [] if folder is None else [Path(folder)]
+
+
+def _disk_key(dpi: int) -> str:
+    from importlib import metadata
+
+    payload = {
+        "what": "glass-brain-background",
+        "format": 1,
+        "nilearn": metadata.version("nilearn"),
+        "matplotlib": metadata.version("matplotlib"),
+        "size": [WIDTH, HEIGHT, dpi, VIEWS, list(_PLOT_RECT)],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def background(dpi: int = _mpl.DPI) -> Background:
-    """The empty glass brain (rendered by nilearn on first use, then cached)."""
+    """The empty glass brain (rendered by nilearn on first use, then cached in memory and,
+    with :func:`use_cache`, on disk)."""
     key = (WIDTH, HEIGHT, dpi)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _render_background(dpi)
+            _CACHE[key] = _cached_background(dpi) or _render_background(dpi)
         return _CACHE[key]
+
+
+def _cached_background(dpi: int) -> Background | None:
+    if not _DISK:
+        return None
+    from ..extract import cache
+
+    key = _disk_key(dpi)
+    arrays = cache.load_entry(_DISK[0], key, "glass")
+    if arrays is None:
+        return None
+    try:
+        views = tuple(
+            (str(d), tuple(map(float, b)), tuple(map(float, x)), tuple(map(float, y)))
+            for d, b, x, y in zip(
+                arrays["directions"], arrays["bounds"], arrays["xlim"], arrays["ylim"], strict=True
+            )
+        )
+        return Background(rgba=arrays["rgba"], views=views, dpi=dpi)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _save_background(bg: Background) -> None:
+    if not _DISK:
+        return
+    from ..extract import cache
+
+    arrays = {
+        "rgba": bg.rgba,
+        "directions": np.array([v[0] for v in bg.views]),
+        "bounds": np.array([v[1] for v in bg.views], dtype=np.float64),
+        "xlim": np.array([v[2] for v in bg.views], dtype=np.float64),
+        "ylim": np.array([v[3] for v in bg.views], dtype=np.float64),
+    }
+    cache.save_entry(_DISK[0], _disk_key(bg.dpi), arrays, "glass")
 
 
 def _render_background(dpi: int) -> Background:
@@ -76,7 +136,9 @@ def _render_background(dpi: int) -> Background:
                 tuple(float(v) for v in ax.get_ylim()),
             )
         )
-    return Background(rgba=rgba, views=tuple(views), dpi=dpi)
+    bg = Background(rgba=rgba, views=tuple(views), dpi=dpi)
+    _save_background(bg)
+    return bg
 
 
 def warm_up() -> None:
@@ -181,4 +243,4 @@ def connectome_png(
     return cv.png()
 
 
-__all__ = ["background", "connectome_png", "strongest_edges", "warm_up"]
+__all__ = ["background", "connectome_png", "strongest_edges", "use_cache", "warm_up"]
