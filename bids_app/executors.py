@@ -143,7 +143,18 @@ def _identity(value: Any) -> Any:
     return value
 
 
+_STARTED = "bids-connectome-started"  # Dask event topic: the keys of the tasks that began
+_RESUBMIT = 2  # times a task that never began is submitted again after its worker died
+
+
 def _dask_task(fn: TaskFunction, task: Task, ctx: RunContext) -> RunOutcome:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(_STARTED, str(worker.get_current_task()))
+    except Exception:  # a record for the executor only: never fail the run
+        pass
     pin_threads()
     return fn(task, ctx)
 
@@ -179,19 +190,37 @@ class DaskExecutor:
             shared = self.client.submit(
                 _identity, dataclasses.replace(ctx, capture_logs=True), pure=False
             )
-        futures = {}
+        futures, resubmitted = {}, {}
         for task in tasks:
             future = self.client.submit(_dask_task, fn, task, shared, pure=False)
             futures[future] = task
-        for future in as_completed(futures, loop=self.client.loop):
+        done = as_completed(futures, loop=self.client.loop)
+        for future in done:
             task = futures.pop(future)
             try:
                 outcome = future.result()
             except Exception as err:  # the task raised, or killed its workers (KilledWorker)
+                # A worker that dies takes the tasks queued on it along: a task that never
+                # began is not the one that killed it, and gets another chance.
+                n = resubmitted.get(task.label, 0)
+                if type(err).__name__ == "KilledWorker" and n < _RESUBMIT:
+                    if str(future.key) not in self._started():
+                        resubmitted[task.label] = n + 1
+                        again = self.client.submit(_dask_task, fn, task, shared, pure=False)
+                        futures[again] = task
+                        done.add(again)
+                        future.release()
+                        continue
                 outcome = _failed(task, f"Dask task failed: {type(err).__name__}: {err}")
             future.release()
             yield outcome
         shared.release()
+
+    def _started(self) -> set[str]:
+        try:
+            return {str(msg) for _, msg in self.client.get_events(_STARTED)}
+        except Exception:  # without the record, every task counts as begun
+            return set()
 
     def close(self) -> None:
         self.client.close()
