@@ -95,6 +95,13 @@ def _temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".staging-" in p.name]
 
 
+def _run_half_written(out: Path) -> bool:
+    """A run's folder holds some of its outputs but not yet its manifest (written last)."""
+    return any(
+        not list(f.parent.glob(".*_run.json")) for f in out.glob("sub-*/func/*_timeseries.tsv")
+    )
+
+
 def _kill_when(ready, *args) -> None:
     """Start ``bids-connectome ARGS`` and ``kill -9`` it as soon as ``ready()``."""
     proc = _spawn(*args)
@@ -113,7 +120,7 @@ def test_kill_9_then_rerun_is_byte_identical(demo, reference, tmp_path, moment):
     bids, config = demo
     out = tmp_path / "killed" / "out"
     if moment == "while-writing":
-        ready = lambda: out.is_dir() and bool(_temporaries(out))  # noqa: E731
+        ready = lambda: out.is_dir() and (bool(_temporaries(out)) or _run_half_written(out))  # noqa: E731
     else:
         ready = lambda: bool(list(out.glob("sub-*/func/.*_run.json")))  # noqa: E731
     _kill_when(ready, bids, out, "participant", "--config", config)
