@@ -142,8 +142,10 @@ def qcfc_svg(frame, summary: dict[str, Any], title: str) -> bytes:
     if has_dist:
         ok = np.isfinite(dist) & np.isfinite(qcfc)
         ax2 = fig.add_axes((0.56, 0.19, 0.41, 0.66))
+        # thousands of edges: small translucent dots; a few dozen must still show
+        size, alpha = (1.5, 0.35) if ok.sum() > 500 else (9.0, 0.8)
         ax2.scatter(
-            dist[ok], qcfc[ok], s=1.5, color="#4a78b5", alpha=0.35, linewidths=0, rasterized=True
+            dist[ok], qcfc[ok], s=size, color="#4a78b5", alpha=alpha, linewidths=0, rasterized=True
         )
         if ok.sum() >= 2:
             slope, intercept = np.polyfit(dist[ok], qcfc[ok], 1)
