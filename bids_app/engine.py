@@ -135,10 +135,12 @@ class RunRecord:
 
 @dataclass
 class RunTask:
-    """A run to process and the fingerprint its outputs will carry."""
+    """A run to process, the fingerprint its outputs will carry and the identity of the
+    inputs it was made of (recorded in the run's manifest)."""
 
     run: RunInputs
     fingerprint: str
+    inputs: list[list[Any]] | None = None
 
     @property
     def label(self) -> str:
@@ -480,8 +482,7 @@ def process_run(task: RunTask, ctx: RunContext) -> RunOutcome:
                 from .report import run_figures
 
                 files += run_figures(record, ctx)
-            inputs = state.input_identity(run, ctx.bids_dir)
-            state.commit_run(run.entities, ctx, task.fingerprint, files, inputs)
+            state.commit_run(run.entities, ctx, task.fingerprint, files, task.inputs)
             outcome.timings = record.timings
             outcome.n_files = len(files)
             outcome.detail = (

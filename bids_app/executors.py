@@ -143,20 +143,27 @@ def _identity(value: Any) -> Any:
     return value
 
 
-_STARTED = "bids-connectome-started"  # Dask event topic: the keys of the tasks that began
-_RESUBMIT = 2  # times a task that never began is submitted again after its worker died
+# Dask event topics: the keys of the tasks that began, and of those that returned
+_STARTED, _FINISHED = "bids-connectome-started", "bids-connectome-finished"
+_RESUBMIT = 2  # times a task that was not running when its worker died is submitted again
 
 
-def _dask_task(fn: TaskFunction, task: Task, ctx: RunContext) -> RunOutcome:
+def _log_event(topic: str) -> None:
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event(_STARTED, str(worker.get_current_task()))
+        worker.log_event(topic, str(worker.get_current_task()))
     except Exception:  # a record for the executor only: never fail the run
         pass
+
+
+def _dask_task(fn: TaskFunction, task: Task, ctx: RunContext) -> RunOutcome:
+    _log_event(_STARTED)
     pin_threads()
-    return fn(task, ctx)
+    outcome = fn(task, ctx)
+    _log_event(_FINISHED)
+    return outcome
 
 
 class DaskExecutor:
@@ -200,11 +207,13 @@ class DaskExecutor:
             try:
                 outcome = future.result()
             except Exception as err:  # the task raised, or killed its workers (KilledWorker)
-                # A worker that dies takes the tasks queued on it along: a task that never
-                # began is not the one that killed it, and gets another chance.
+                # A worker that dies takes along the tasks queued on it and the results it
+                # held: a task that was not running (never began, or had returned) is not
+                # the one that killed it, and gets another chance.
                 n = resubmitted.get(task.label, 0)
                 if type(err).__name__ == "KilledWorker" and n < _RESUBMIT:
-                    if str(future.key) not in self._started():
+                    running = self._running()
+                    if running is not None and str(future.key) not in running:
                         resubmitted[task.label] = n + 1
                         again = self.client.submit(_dask_task, fn, task, shared, pure=False)
                         futures[again] = task
@@ -216,11 +225,15 @@ class DaskExecutor:
             yield outcome
         shared.release()
 
-    def _started(self) -> set[str]:
+    def _running(self) -> set[str] | None:
+        """Keys of the tasks that began and never returned (None: the record is unavailable,
+        and every task that lost its worker counts as the one that killed it)."""
         try:
-            return {str(msg) for _, msg in self.client.get_events(_STARTED)}
-        except Exception:  # without the record, every task counts as begun
-            return set()
+            started = {str(msg) for _, msg in self.client.get_events(_STARTED)}
+            finished = {str(msg) for _, msg in self.client.get_events(_FINISHED)}
+        except Exception:
+            return None
+        return started - finished
 
     def close(self) -> None:
         self.client.close()

@@ -389,42 +389,33 @@ def _header(path: Path) -> tuple[str, ...] | None:
         return None
 
 
-def _lut_regions(output_dir: Path, atlas: str) -> tuple[str, ...] | None:
-    """The region names of ``atlas-<A>_dseg.tsv`` written by the participant level, or None."""
-    try:
-        text = naming.atlas_lut_path(output_dir, atlas).read_text(encoding="utf-8")
-        rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
-        column = rows[0].index("name")
-        return tuple(row[column] for row in rows[1:] if row)
-    except (OSError, UnicodeDecodeError, csv.Error, IndexError, ValueError):
-        return None
+def _reference_regions(paths: list[Path], atlas: str, luts: _LUTs) -> list[str] | None:
+    """The regions every table of ``paths`` (matrices or time series of one atlas) must have.
 
-
-def _reference_regions(files: list[OutputFile], output_dir: Path) -> tuple[str, ...] | None:
-    """The regions every matrix of ``files`` (one atlas) must have.
-
-    Those of the atlas lookup table the participant level wrote, when some matrix has
-    them; otherwise the regions most matrices have (the first such file breaking ties):
-    never simply the first file's, which may be the bad one.
+    Those of the atlas lookup table the participant level wrote, when some table has them;
+    otherwise the regions most tables have (the first such file breaking ties): never
+    simply the first file's, which may be the bad one.
     """
-    headers = [_header(f.path) for f in files]
-    lut = _lut_regions(output_dir, files[0].entities.get("atlas", "")) if files else None
+    headers = [_header(p) for p in paths]
+    lut = luts.regions(atlas)
     if lut is not None and lut in headers:
-        return lut
+        return list(lut)
     counts = Counter(h for h in headers if h is not None)
-    return max(counts, key=lambda h: (counts[h], -headers.index(h))) if counts else None
+    if not counts:
+        return None
+    return list(max(counts, key=lambda h: (counts[h], -headers.index(h))))
 
 
 def _load_stack(
-    files: list[OutputFile], output_dir: Path, left_out: list[str]
+    files: list[OutputFile], output_dir: Path, luts: _LUTs, left_out: list[str]
 ) -> tuple[list[OutputFile], list[str], np.ndarray]:
     """The matrices of ``files`` read into one preallocated (n, N, N) float64 array.
 
     A file that is not a square numeric matrix with the atlas' regions (see
     :func:`_reference_regions`) is left out with a warning (and named in ``left_out``).
     """
-    reference = _reference_regions(files, output_dir)
-    regions = list(reference) if reference is not None else []
+    atlas = files[0].entities.get("atlas", "") if files else ""
+    regions = _reference_regions([f.path for f in files], atlas, luts) or []
     stack = np.empty((len(files), len(regions), len(regions)), dtype=np.float64)
     kept: list[OutputFile] = []
     for f in files:
@@ -478,11 +469,24 @@ def _per_participant(units: list[Unit], stack: np.ndarray, measure: str):
 
 
 class _LUTs:
-    """Region centres from ``atlas-<A>_dseg.tsv``, read once per atlas."""
+    """Region names and centres from ``atlas-<A>_dseg.tsv``, read once per atlas."""
 
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir
         self._tables: dict[str, Any] = {}
+        self._names: dict[str, tuple[str, ...] | None] = {}
+
+    def regions(self, atlas: str) -> tuple[str, ...] | None:
+        """The region names of the lookup table, as written (no type inference), or None."""
+        if atlas not in self._names:
+            try:
+                text = naming.atlas_lut_path(self.output_dir, atlas).read_text(encoding="utf-8")
+                rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+                column = rows[0].index("name")
+                self._names[atlas] = tuple(row[column] for row in rows[1:] if row)
+            except (OSError, UnicodeDecodeError, csv.Error, IndexError, ValueError):
+                self._names[atlas] = None
+        return self._names[atlas]
 
     def coordinates(self, atlas: str, regions: list[str]) -> np.ndarray | None:
         if atlas not in self._tables:
@@ -711,7 +715,7 @@ def _write_relmats(
 ) -> None:
     key = dict(gkey)
     members = sorted(files, key=lambda f: _unit_sort_key(f.entities))
-    kept, regions, stack = _load_stack(members, w.output_dir, inputs.left_out)
+    kept, regions, stack = _load_stack(members, w.output_dir, luts, inputs.left_out)
     if not kept:
         return
     units = [
@@ -811,7 +815,8 @@ def _write_tangent(
             len(items),
         )
         return
-    regions = list(items[0][1][0].meta.get("Columns") or [])
+    paths = [f.path for _, files in items for f in files]
+    regions = _reference_regions(paths, key.get("atlas", ""), luts) or []
     missing = set()
     for _, files in items:
         for f in files:

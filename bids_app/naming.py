@@ -210,9 +210,14 @@ the fMRIPrep derivatives listed in dataset_description.json (SourceDatasets, Dat
 """
 
 
+def code_dir(output_dir: Path) -> Path:
+    """Our folder of the BIDS ``code/`` folder: the configuration records."""
+    return Path(output_dir) / "code" / "bids-connectome"
+
+
 def config_path(output_dir: Path, desc: str) -> Path:
     """The validated configuration behind every ``desc-<D>`` output (BIDS ``code/`` folder)."""
-    return Path(output_dir) / "code" / "bids-connectome" / f"desc-{desc}_config.json"
+    return code_dir(output_dir) / f"desc-{desc}_config.json"
 
 
 def logs_dir(output_dir: Path) -> Path:

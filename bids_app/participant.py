@@ -189,14 +189,15 @@ def run_participant(
             run.mask.name if run.mask else None,
             run.confounds.name if run.confounds else None,
         )
-        fp = state.run_fingerprint(run, ctx)
+        inputs = state.input_identity(run, ctx.bids_dir)
+        fp = state.run_fingerprint(run, ctx, inputs)
         fingerprints[naming.owner_key(run.entities)] = fp
         if state.is_current(ctx, run.entities, "run", fp):
             outcome = RunOutcome(run.label, dict(run.entities), "skipped", fingerprint=fp)
             summary.add(outcome)
             report(outcome)
         else:
-            todo.append(RunTask(run, fp))
+            todo.append(RunTask(run, fp, inputs))
     if todo or not (ctx.output_dir / "dataset_description.json").is_file():
         load_atlases(ctx)
     if todo and ctx.reports and executor.name == "processes":

@@ -59,14 +59,15 @@ def input_identity(run: RunInputs, bids_dir: Path) -> list[list[Any]]:
     return out
 
 
-def run_fingerprint(run: RunInputs, ctx: RunContext) -> str:
+def run_fingerprint(run: RunInputs, ctx: RunContext, inputs: list[list[Any]]) -> str:
+    """Digest of what determines a run's outputs; ``inputs`` from :func:`input_identity`."""
     return _digest(
         {
             "format": FORMAT,
             "version": __version__,
             "config": ctx.config_hash,
             "reports": ctx.reports,
-            "inputs": input_identity(run, ctx.bids_dir),
+            "inputs": inputs,
         }
     )
 
@@ -307,7 +308,7 @@ def remove_dead_dataset_temporaries(output_dir: Path) -> None:
     root, ``code/``, ``logs/``, ``group/`` with its subsets and their figures (per-run
     folders are cleaned when their run is committed)."""
     out = Path(output_dir)
-    folders = [out, naming.config_path(out, "x").parent, naming.logs_dir(out)]
+    folders = [out, naming.code_dir(out), naming.logs_dir(out)]
     group = naming.group_dir(out)
     try:
         subsets = [group / n for n in os.listdir(group) if (group / n).is_dir()]

@@ -450,13 +450,15 @@ def _with_tangent(config: Path, tmp_path: Path) -> Path:
     return variant(config, tmp_path, lambda d: d["connectivity"].update(measures=measures))
 
 
+@pytest.mark.parametrize("how", ["text-in-a-cell", "other-size"])
 def test_bad_time_series_is_left_out_of_the_tangent_space(
-    participant_outputs, demo, tmp_path, capsys, caplog
+    participant_outputs, demo, tmp_path, capsys, how
 ):
+    """The bad file is the first participant's: the regions come from the lookup table."""
     out = Path(shutil.copytree(participant_outputs, tmp_path / "out"))
     config = _with_tangent(demo[1], tmp_path)
     ts = next(out.glob("sub-01/func/*DemoGrid_desc-simple_timeseries.tsv"))
-    _break(ts, "text-in-a-cell")
+    _break(ts, how)
     code, err = run(capsys, demo[0], out, "group", "--config", config)
     # the tangent measure is group-only: the participant outputs stay usable
     assert "another configuration" not in err
