@@ -404,6 +404,63 @@ def child_ours_cli_reports_first(info: dict, out: Path) -> dict:
     return _ours_cli(info, out, Path(info["work"]) / "atlas-cache")
 
 
+def child_ours_startup(info: dict, out: Path) -> dict:
+    """The warm job (as ``ours``), noting the modules loaded when the BOLD's first volume is
+    requested (the decompression thread starts); :func:`child_imports` times them."""
+    import threading
+
+    seen: dict[str, list[str]] = {}
+    start = threading.Thread.start
+
+    def noting_start(self: threading.Thread) -> None:
+        target = getattr(self, "_target", None)
+        if "modules" not in seen and "_decompress" in getattr(target, "__qualname__", ""):
+            seen["modules"] = list(sys.modules)
+        start(self)
+
+    threading.Thread.start = noting_start
+    try:
+        _ours_cli(info, out, Path(info["work"]) / "atlas-cache", "--no-reports")
+    finally:
+        threading.Thread.start = start
+    out.with_suffix(".modules.json").write_text(json.dumps(seen.get("modules", [])))
+    return {}
+
+
+def child_imports(info: dict, out: Path) -> dict:
+    """Wall time of importing, in a fresh interpreter, the modules the job had loaded before
+    its first volume (those of this benchmark script excepted, which are not the app's)."""
+    import importlib
+
+    already = set(sys.modules)
+    wanted = json.loads(out.with_suffix(".modules.json").read_text())
+    t0 = time.perf_counter()
+    for name in wanted:
+        if name not in already and name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # a private module that only its parent can import
+                pass
+    return {"imports": time.perf_counter() - t0}
+
+
+def child_maps_atlas(info: dict, out: Path) -> dict:
+    """The 1 mm maps atlas of a cold job: read and described (``load_atlas``), then its
+    operator for the BOLD grid (``prepare_grid``), no cache."""
+    from bids_app import extract
+    from bids_app.config import load_config
+
+    cfg = load_config(info["config"])
+    maps_cfg = next(a for a in cfg.atlases if a.kind == "maps")
+    shape, affine, _ = extract.read_header(info["bold"])
+    t0 = time.perf_counter()
+    source = extract.load_atlas(maps_cfg)
+    t1 = time.perf_counter()
+    extract.prepare_grid([source], shape[:3], affine)
+    t2 = time.perf_counter()
+    return {"load": t1 - t0, "prepare": t2 - t1, "maps_atlas": t2 - t0}
+
+
 def child_nilearn_cli(info: dict, out: Path) -> dict:
     from nilearn.connectome import ConnectivityMeasure
     from nilearn.interfaces.fmriprep import load_confounds_strategy
@@ -449,6 +506,9 @@ CHILDREN = {
     "ours-reports-cli": child_ours_cli_reports,
     "ours-reports-first-cli": child_ours_cli_reports_first,
     "nilearn-cli": child_nilearn_cli,
+    "ours-startup-cli": child_ours_startup,
+    "imports": child_imports,
+    "maps-atlas": child_maps_atlas,
     "floor": child_floor,
     "ours-cache": child_ours_cache,
 }
@@ -592,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {_load()}", flush=True)
     results: dict[int, dict[str, dict]] = {}
     diffs = {}
+    startup: list[float] = []
+    maps_atlas: list[dict] = []
     for n in sizes:
         info_path = _prepare_info(args, n)
         results[n] = {}
@@ -614,6 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         if "nilearn" in outputs:
             compare = compare_engine if mode == "engine" else compare_cli
             diffs[n] = compare(outputs["ours"], outputs["nilearn"])
+        if mode == "cli" and n == BASE_VOLUMES:
+            print("timing start-up imports and the 1 mm maps atlas (3 times each) ...", flush=True)
+            out = args.work / f"out-ours-startup-cli-{n}-{args.maps}-{args.schaefer}"
+            for _ in range(3):
+                run_child("ours-startup-cli", info_path, out)
+                startup.append(run_child("imports", info_path, out)["imports"])
+                maps_atlas.append(run_child("maps-atlas", info_path, out.with_suffix(".npz")))
     print(f"load average after: {_load()}")
     info = json.loads(info_path.read_text())
     labels_space = SCHAEFER[args.schaefer][2]
@@ -664,6 +733,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"peak RSS x{b[side]['peak_rss_mib'] / a[side]['peak_rss_mib']:.2f} "
                     f"({a[side]['peak_rss_mib']:.0f} -> {b[side]['peak_rss_mib']:.0f} MiB)"
                 )
+    if startup:
+        print(
+            "start-up, imports needed before the first volume (fresh interpreter): "
+            + ", ".join(f"{t:.2f}" for t in startup)
+            + f" s; median {np.median(startup):.2f} s (target <= 0.5 s)"
+        )
+    if maps_atlas:
+        print(
+            f"1 mm maps atlas ({Path(info['maps'][1]).name}), cold: "
+            + ", ".join(
+                f"{m['load']:.2f} + {m['prepare']:.2f} = {m['maps_atlas']:.2f}" for m in maps_atlas
+            )
+            + " s (read + resample to the BOLD grid); median "
+            + f"{np.median([m['maps_atlas'] for m in maps_atlas]):.2f} s (target <= 0.3 s)"
+        )
     for n, d in diffs.items():
         print(f"max abs difference of outputs ({n} volumes):")
         for key, (value, rel) in d.items():
