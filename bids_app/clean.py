@@ -88,7 +88,9 @@ def _cutoffs(
     return None
 
 
-def butterworth_sos(low_pass: float | None, high_pass: float | None, t_r: float) -> np.ndarray | None:
+def butterworth_sos(
+    low_pass: float | None, high_pass: float | None, t_r: float
+) -> np.ndarray | None:
     """Second-order sections of the order-5 digital Butterworth filter; None without a cutoff.
 
     The design of ``scipy.signal.butter(5, ..., output="sos", fs=1 / t_r)``: analog
