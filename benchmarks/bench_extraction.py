@@ -404,44 +404,58 @@ def child_ours_cli_reports_first(info: dict, out: Path) -> dict:
     return _ours_cli(info, out, Path(info["work"]) / "atlas-cache")
 
 
+STARTUP = """
+import json, sys, threading
+seen = {}
+start = threading.Thread.start
+def noting_start(self):
+    target = getattr(self, "_target", None)
+    if "modules" not in seen and "_decompress" in getattr(target, "__qualname__", ""):
+        seen["modules"] = list(sys.modules)
+    start(self)
+threading.Thread.start = noting_start
+from bids_app.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as fh:
+    json.dump(seen.get("modules", []), fh)
+sys.exit(code)
+"""
+
+
 def child_ours_startup(info: dict, out: Path) -> dict:
-    """The warm job (as ``ours``), noting the modules loaded when the BOLD's first volume is
-    requested (the decompression thread starts); :func:`child_imports` times them."""
-    import threading
-
-    seen: dict[str, list[str]] = {}
-    start = threading.Thread.start
-
-    def noting_start(self: threading.Thread) -> None:
-        target = getattr(self, "_target", None)
-        if "modules" not in seen and "_decompress" in getattr(target, "__qualname__", ""):
-            seen["modules"] = list(sys.modules)
-        start(self)
-
-    threading.Thread.start = noting_start
-    try:
-        _ours_cli(info, out, Path(info["work"]) / "atlas-cache", "--no-reports")
-    finally:
-        threading.Thread.start = start
-    out.with_suffix(".modules.json").write_text(json.dumps(seen.get("modules", [])))
+    """The warm job (as ``ours``) in a bare interpreter, noting the modules loaded when the
+    BOLD's first volume is requested (ISA-L's decompression thread starts);
+    :func:`child_imports` times them."""
+    args = [info["bids"], str(out), "participant", "--config", info["config"]]
+    args += ["--atlas-cache", str(Path(info["work"]) / "atlas-cache"), "--no-reports"]
+    modules = out.with_suffix(".modules.json")
+    subprocess.run([sys.executable, "-c", STARTUP, str(modules), *args], check=True)
     return {}
 
 
-def child_imports(info: dict, out: Path) -> dict:
-    """Wall time of importing, in a fresh interpreter, the modules the job had loaded before
-    its first volume (those of this benchmark script excepted, which are not the app's)."""
-    import importlib
+REPLAY = """
+import importlib, json, sys, time
+wanted = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+for name in wanted:
+    if name not in sys.modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a private module only its parent imports
+            pass
+print(time.perf_counter() - t0)
+"""
 
-    already = set(sys.modules)
-    wanted = json.loads(out.with_suffix(".modules.json").read_text())
-    t0 = time.perf_counter()
-    for name in wanted:
-        if name not in already and name not in sys.modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # a private module that only its parent can import
-                pass
-    return {"imports": time.perf_counter() - t0}
+
+def child_imports(info: dict, out: Path) -> dict:
+    """Wall time of importing, in a bare interpreter (``python -c``), the modules the job had
+    loaded when it asked for its first volume (:func:`child_ours_startup`), in their order;
+    the interpreter's own start-up modules are not counted."""
+    wanted = out.with_suffix(".modules.json").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-c", REPLAY, wanted], capture_output=True, text=True, check=True
+    )
+    return {"imports": float(proc.stdout.strip())}
 
 
 def child_maps_atlas(info: dict, out: Path) -> dict:

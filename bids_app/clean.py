@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy import linalg
 
 EPS64 = np.finfo(np.float64).eps
 EPS32 = np.finfo(np.float32).eps
@@ -51,6 +50,8 @@ def linear_detrend(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     design = np.ones((n, 2), dtype=x.dtype)
     design[:, 0] = np.arange(1, n + 1, dtype=x.dtype) / n
+    from scipy import linalg  # on use: the exclusion check imports this module before extraction
+
     coef, *_ = linalg.lstsq(design, x)
     return x - design @ coef
 
@@ -376,6 +377,8 @@ def clean(
             scale = np.abs(conf).max(axis=0)
             scale[scale == 0] = 1
             conf = conf / scale
+        from scipy import linalg
+
         q, r, _ = linalg.qr(conf, mode="economic", pivoting=True)
         q = q[:, np.abs(np.diag(r)) > EPS64 * 100.0]
         x = x - q @ (q.T @ x)

@@ -281,3 +281,119 @@ def test_brain_mask_of_the_wrong_shape_is_an_input_error(sources):
     grid = prepare_grid(sources, BOLD_SHAPE, BOLD_AFFINE)
     with pytest.raises(InputDataError, match="does not match the grid"):
         apply_mask(grid, np.ones((4, 4, 4), bool))
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float16, np.float32, np.float64, bool]
+)
+@pytest.mark.parametrize("size", [5, 64, 1001, 4099])
+def test_nonzero_indices_is_flatnonzero(dtype, size):
+    """The word-at-a-time scan finds what ``flatnonzero(vol != 0)`` finds: NaN counts,
+    -0.0 does not, the last elements beyond a whole word too."""
+    from bids_app.extract.atlas import nonzero_indices
+
+    rng = np.random.default_rng(size)
+    vol = np.zeros(size, dtype=dtype)
+    hits = rng.choice(size, size=max(1, size // 20), replace=False)
+    vol[hits] = 1
+    vol[-1] = 1
+    if np.dtype(dtype).kind == "f":
+        vol[rng.choice(size, size=3)] = -0.0
+        vol[0] = np.nan
+    expected = np.flatnonzero(vol != 0)
+    got = nonzero_indices(vol)
+    assert got.tolist() == expected.tolist()
+    assert nonzero_indices(vol[::2]).tolist() == np.flatnonzero(vol[::2] != 0).tolist()
+
+
+# The maps atlas's grid and grids whose voxels sit on its voxel centres: twice the spacing
+# with the first axis flipped and a field of view that cuts the atlas, the same spacing
+# shifted by whole voxels, three times the spacing.
+LATTICE_GRIDS = {
+    "2x-flipped": (
+        (9, 12, 8),
+        np.array(
+            [[-5.0, 0, 0, 2.5 * 14 - 24], [0, 5.0, 0, -27 + 2.5], [0, 0, 5.0, -20], [0, 0, 0, 1]]
+        ),
+    ),
+    "shifted": (
+        (22, 20, 15),
+        AFFINE @ np.array([[1, 0, 0, 3], [0, 1, 0, -2], [0, 0, 1, 4], [0, 0, 0, 1]]),
+    ),
+    "3x": ((8, 8, 7), AFFINE @ np.diag([3.0, 3.0, 3.0, 1.0])),
+}
+
+
+@pytest.mark.parametrize("grid", sorted(LATTICE_GRIDS))
+@pytest.mark.parametrize("name", ["maps_f32.nii.gz", "maps_u8_scaled.nii.gz"])
+def test_maps_on_an_aligned_grid_are_sampled_as_interpolation_gives(
+    atlas_dir, name, grid, monkeypatch
+):
+    """Grids whose voxels fall on the atlas's voxel centres take the sampling path: the
+    values linear interpolation (forced for comparison) gives, up to its rounding. The
+    affines here (2.5 mm) have no exact inverse, so interpolation also leaves ~1e-16 of a
+    value on voxels next to a map: the only voxels sampling does not keep."""
+    from bids_app.extract import operators
+
+    shape, affine = LATTICE_GRIDS[grid]
+    src = extract.load_atlas(atlas_cfg(name="M", kind="maps", image=str(atlas_dir / name)))
+    assert operators.voxel_lattice(src.affine, affine) is not None
+    sampled = operators._maps_grid(src, shape, affine)
+    monkeypatch.setattr(operators, "voxel_lattice", lambda *args, **kwargs: None)
+    interpolated = operators._maps_grid(src, shape, affine)
+    assert sampled.keys() == interpolated.keys()
+    assert sampled["vals"].dtype == interpolated["vals"].dtype
+    scale = np.abs(interpolated["vals"]).max()
+    n_maps = len(interpolated["ptr"]) - 1
+    for k in range(n_maps):
+        part = {}
+        for label, ops in (("sampled", sampled), ("interpolated", interpolated)):
+            sl = slice(ops["ptr"][k], ops["ptr"][k + 1])
+            part[label] = dict(zip(ops["vox"][sl].tolist(), ops["vals"][sl].tolist(), strict=True))
+        only_interpolated = part["interpolated"].keys() - part["sampled"].keys()
+        assert part["sampled"].keys() <= part["interpolated"].keys()
+        assert all(abs(part["interpolated"][v]) < 1e-12 * scale for v in only_interpolated)
+        for v, value in part["sampled"].items():
+            assert value == pytest.approx(part["interpolated"][v], rel=1e-12, abs=0), (k, v)
+    assert sampled["ptr"][-1] > 20  # the grids keep part of the maps
+    np.testing.assert_allclose(sampled["weight_total"], interpolated["weight_total"], rtol=1e-12)
+
+
+def test_grids_off_the_atlas_voxel_centres_are_interpolated():
+    half_voxel = AFFINE @ np.array([[1, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    from bids_app.extract.operators import voxel_lattice
+
+    assert voxel_lattice(AFFINE, half_voxel) is None
+    assert voxel_lattice(AFFINE, AFFINE @ np.diag([1.5, 1.5, 1.5, 1])) is None
+    assert voxel_lattice(AFFINE, BOLD_AFFINE) is None  # rotated
+    assert voxel_lattice(AFFINE, AFFINE @ np.diag([0.5, 0.5, 0.5, 1])) is None  # finer
+    step, offset = voxel_lattice(AFFINE, LATTICE_GRIDS["2x-flipped"][1])
+    assert step.tolist() == [-2, 2, 2] and offset.tolist() == [14, 1, 0]
+
+
+def test_ho_1mm_maps_on_the_2mm_bold_grid_are_sampled(shared_data, monkeypatch):
+    """The real case: FSL's 1 mm Harvard-Oxford maps on fMRIPrep's 2 mm MNI152NLin2009cAsym
+    grid (first 16 maps); sampling and interpolation give the same operator bytes."""
+    from bids_app.extract import operators
+
+    img = nib.load(shared_data / "atlases/maps/atlas_harvard_oxford_prob4d.nii.gz")
+    data = np.asarray(img.dataobj[..., :16])
+    vols = [data[..., k].reshape(-1, order="F") for k in range(16)]
+    src = extract.AtlasSource(
+        name="HO",
+        kind="maps",
+        lut=pd.DataFrame({"index": np.arange(1, 17), "name": [str(k) for k in range(16)]}),
+        maps=maps_to_sparse(vols, vols[0].size),
+        maps_dtype="float32",
+        shape=data.shape[:3],
+        affine=img.affine,
+    )
+    shape = (97, 115, 97)
+    affine = np.array([[2.0, 0, 0, -96], [0, 2, 0, -132], [0, 0, 2, -78], [0, 0, 0, 1]])
+    assert operators.voxel_lattice(src.affine, affine) is not None
+    sampled = operators._maps_grid(src, shape, affine)
+    monkeypatch.setattr(operators, "voxel_lattice", lambda *args, **kwargs: None)
+    interpolated = operators._maps_grid(src, shape, affine)
+    for key, value in interpolated.items():
+        assert sampled[key].tobytes() == value.tobytes(), key
+    assert interpolated["ptr"][-1] > 50_000

@@ -515,6 +515,21 @@ def map_centre(
     return apply_affine(affine, sums / total)
 
 
+def nonzero_indices(vol: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(vol != 0)`` of a 1-D array, faster for mostly-zero volumes: the data
+    are first scanned eight bytes at a time, then only the words with a set bit are tested
+    element by element (NaN counts as non-zero, -0.0 does not)."""
+    per = 8 // vol.dtype.itemsize if 8 % vol.dtype.itemsize == 0 else 0
+    if not per or vol.ndim != 1 or not vol.flags.c_contiguous or vol.size < 64:
+        return np.flatnonzero(vol != 0)
+    n_words = vol.size // per
+    words = np.flatnonzero(vol[: n_words * per].view(np.uint64) != 0)
+    candidates = (words[:, None] * per + np.arange(per)).ravel()
+    if n_words * per < vol.size:
+        candidates = np.concatenate([candidates, np.arange(n_words * per, vol.size)])
+    return candidates[vol[candidates] != 0]
+
+
 def _sparse_maps(
     volumes, n_voxels: int, dtype: np.dtype | None = None, grid: tuple | None = None
 ) -> tuple[sparse.csc_matrix, np.ndarray | None]:
@@ -526,7 +541,7 @@ def _sparse_maps(
         vol = np.asarray(vol)
         if dtype is None:
             dtype = maps_dtype(vol.dtype)
-        nz = np.flatnonzero(vol != 0)  # NaN counts as non-zero here, dropped below
+        nz = nonzero_indices(vol)  # NaN counts as non-zero here, dropped below
         vals = vol[nz].astype(dtype, copy=False)  # vol[nz] is already a copy
         if vals.dtype.kind == "f":
             ok = np.isfinite(vals) & (vals != 0)  # also drops values that underflow to 0

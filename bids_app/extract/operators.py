@@ -266,16 +266,81 @@ def _resample_map(
     return flat.astype(np.int64), out_flat[nz]
 
 
+def voxel_lattice(
+    src_affine: np.ndarray, affine: np.ndarray, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(step, offset)``, integer vectors, when each voxel of the grid ``affine`` sits on the
+    centre of the source voxel ``step * ijk + offset`` (axis-aligned grids whose spacings are
+    whole multiples and whose origins line up, within ``tol`` voxel): then linear
+    interpolation only picks source values, up to the rounding of the affines (a voxel
+    next to a map may get ~1e-16 of its neighbour's value, which sampling leaves out).
+    None otherwise."""
+    src_affine, affine = np.asarray(src_affine, dtype=float), np.asarray(affine, dtype=float)
+    src_scale, scale = np.diag(src_affine)[:3], np.diag(affine)[:3]
+    diagonal = np.all(src_affine[:3, :3] == np.diag(src_scale)) and np.all(
+        affine[:3, :3] == np.diag(scale)
+    )
+    if not diagonal or np.any(src_scale == 0):
+        return None
+    a, b = scale / src_scale, (affine[:3, 3] - src_affine[:3, 3]) / src_scale
+    step, offset = np.round(a), np.round(b)
+    if np.any(step == 0) or np.abs(a - step).max() > tol or np.abs(b - offset).max() > tol:
+        return None
+    return step.astype(np.int64), offset.astype(np.int64)
+
+
+def _sample_maps(
+    maps: sparse.csc_matrix, src_shape: tuple[int, ...], lattice, shape: tuple[int, ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every map on a grid that samples the atlas's voxel centres (:func:`voxel_lattice`):
+    the values of the source voxels the grid falls on, all maps at once. What
+    :func:`_resample_map` gives there, without interpolating."""
+    step, offset = lattice
+    n_out = int(np.prod(shape[:3]))
+    index_type = np.int32 if n_out < 2**31 else np.int64
+    # the grid voxel on each atlas voxel (-1: none); the grid's part inside the atlas's box
+    on_grid = np.full(int(np.prod(src_shape[:3])), -1, dtype=index_type)
+    src_axes, out_axes = [], []
+    for axis in range(3):
+        positions = step[axis] * np.arange(shape[axis]) + offset[axis]
+        inside = np.flatnonzero((positions >= 0) & (positions < src_shape[axis]))
+        src_axes.append(positions[inside])
+        out_axes.append(inside)
+    src_flat = src_axes[0][:, None, None] + src_shape[0] * (
+        src_axes[1][None, :, None] + src_shape[1] * src_axes[2][None, None, :]
+    )
+    out_flat = out_axes[0][:, None, None] + shape[0] * (
+        out_axes[1][None, :, None] + shape[1] * out_axes[2][None, None, :]
+    )
+    on_grid[src_flat.ravel()] = out_flat.ravel()
+    flat = on_grid[maps.indices]
+    kept = np.flatnonzero(flat >= 0)
+    columns = np.searchsorted(maps.indptr, kept, side="right") - 1
+    flat, values = flat[kept].astype(np.int64), maps.data[kept]
+    # voxel order within each map, as interpolation gives (a flipped axis reverses runs)
+    order = np.argsort(columns * n_out + flat, kind="stable")
+    flat, values = flat[order], values[order]
+    ptr = _ptr(np.bincount(columns, minlength=maps.shape[1]))
+    return list(zip(_split(flat, ptr), _split(values, ptr), strict=True))
+
+
 def _maps_grid(src: AtlasSource, shape, affine) -> dict[str, np.ndarray]:
     maps = src.maps
     k = maps.shape[1]
     dtype = np.dtype(src.maps_dtype)
+    lattice = None
+    if not same_grid(src.shape, src.affine, shape, affine):
+        lattice = voxel_lattice(src.affine, affine)
+    sampled = _sample_maps(maps, src.shape, lattice, shape) if lattice is not None else None
     cols = []
     for j in range(k):
         sl = slice(maps.indptr[j], maps.indptr[j + 1])
-        idx, vals = _resample_map(
-            maps.indices[sl], maps.data[sl], src.shape, src.affine, shape, affine
-        )
+        if sampled is not None:
+            idx, vals = sampled[j]
+        else:
+            idx, vals = _resample_map(
+                maps.indices[sl], maps.data[sl], src.shape, src.affine, shape, affine
+            )
         if not src.allow_overlap:
             keep = vals >= np.finfo(dtype).eps
             idx, vals = idx[keep], vals[keep]
