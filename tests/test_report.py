@@ -549,3 +549,58 @@ def test_glass_brain_is_cached_with_the_atlases(demo, tmp_path):
         trees.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in figures})
     assert len(list(cache.glob("glass-*.npz"))) == 1
     assert trees[0] == trees[1]
+
+
+_CHILD_LABELS = """
+import sys
+from bids_app.cli import main
+from bids_app.report import _mpl
+drawn = []
+render = _mpl._render_texts
+_mpl._render_texts = lambda todo: (drawn.extend(todo), render(todo))
+code = main(sys.argv[1:])
+print(len(drawn))
+sys.exit(code)
+"""
+
+
+def test_labels_are_cached_with_the_atlases(demo, tmp_path):
+    """The second job of a cohort reads the labels it draws from the atlas cache (none
+    drawn), and its figures are the same bytes as those of the job that drew them."""
+    bids, config, _ = demo
+    cache, trees, drawn = tmp_path / "cache", [], []
+    for i in range(2):
+        out = tmp_path / f"job{i}" / "out"
+        args = [bids, out, "participant", "--config", config, "--participant-label", "01"]
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD_LABELS, *map(str, args), "--atlas-cache", str(cache)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        drawn.append(int(proc.stdout.split()[-1]))
+        figures = sorted((out / "sub-01" / "figures").glob("*.png"))
+        trees.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in figures})
+    assert drawn[0] > 30 and drawn[1] == 0
+    assert len(list((cache / "text").glob("*.npy"))) == drawn[0]
+    assert len(trees[0]) > 5 and trees[0] == trees[1]
+
+
+def test_an_unreadable_cached_label_is_drawn_again(tmp_path):
+    from bids_app.report import _mpl
+
+    key = ("Default Mode", 7.0, "normal")
+    _mpl.use_cache(tmp_path)
+    try:
+        _mpl._TEXT_CACHE.pop(key, None)
+        drawn = _mpl.text_bitmap(*key).copy()
+        (path,) = (tmp_path / "text").glob("*.npy")
+        _mpl._TEXT_CACHE.pop(key)
+        np.testing.assert_array_equal(_mpl.text_bitmap(*key), drawn)  # read back
+        path.write_bytes(b"\x93NUMPY truncated")
+        _mpl._TEXT_CACHE.pop(key)
+        np.testing.assert_array_equal(_mpl.text_bitmap(*key), drawn)  # drawn again
+        assert np.load(path).tobytes() == drawn.tobytes()  # and the entry rewritten
+    finally:
+        _mpl.use_cache(None)

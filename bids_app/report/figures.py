@@ -582,12 +582,14 @@ def _networks_info(order: Ordering) -> list[list[Any]]:
 def run_figures(record: RunRecord, ctx: RunContext) -> list[Path]:
     """Write the figures of one run and its ``_figures.json``; returns the files written.
 
-    Call it in the worker right after :func:`bids_app.write.write_run`. Reads nothing
-    from disk; cost on the 300-volume benchmark run: see docs/reports.md.
+    Call it in the worker right after :func:`bids_app.write.write_run`. Reads from disk
+    only the cache folder's glass brain and labels (``ctx.cache_dir``); cost on the
+    300-volume benchmark run: see docs/reports.md.
     """
     from . import glass
 
     glass.use_cache(ctx.cache_dir)
+    _mpl.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)
     orderings = atlas_orderings(ctx, [a.name for a in record.atlases])
@@ -649,6 +651,7 @@ def unit_figures(record: UnitRecord, ctx: RunContext) -> list[Path]:
     from . import glass
 
     glass.use_cache(ctx.cache_dir)
+    _mpl.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)
     orderings = atlas_orderings(ctx, list(record.matrices))
