@@ -63,6 +63,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -377,14 +378,13 @@ def child_nilearn_engine(info: dict, out: Path) -> dict:
     return {}
 
 
-def _ours_cli(info: dict, out: Path, cache: Path, *extra: str) -> dict:
-    from bids_app.cli import main
+def _ours_cli(info: dict, out: Path, cache: Path, *extra: str) -> NoReturn:
+    """The console script's entry point, which ends the process (its exit code is the
+    child's; the report line is printed by an exit handler, see ``main``)."""
+    from bids_app.cli import run
 
     args = [info["bids"], str(out), "participant", "--config", info["config"]]
-    code = main(args + ["--atlas-cache", str(cache), *extra])
-    if code != 0:
-        raise SystemExit(f"bids-connectome exited with {code}")
-    return {}
+    run(args + ["--atlas-cache", str(cache), *extra])
 
 
 def child_ours_cli(info: dict, out: Path) -> dict:
@@ -667,12 +667,19 @@ def main(argv: list[str] | None = None) -> int:
         (args.work / f"config-{args.maps}-{args.schaefer}.json").write_text(json.dumps(config))
         return 0
     if args.child:
+        import atexit
+
         warnings.simplefilter("ignore")
         info = json.loads(args.info.read_text())
         t0 = time.perf_counter()
-        detail = CHILDREN[args.child](info, args.out)
-        detail.update(inner_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib())
-        print(json.dumps(detail))
+        detail: dict = {}
+
+        def report() -> None:  # also when the child ends the process (the CLI's run())
+            detail.update(inner_s=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib())
+            print(json.dumps(detail), flush=True)
+
+        atexit.register(report)
+        detail.update(CHILDREN[args.child](info, args.out) or {})
         return 0
     if not SHARED.is_dir():
         raise SystemExit(f"needs the real atlases in {SHARED}")

@@ -58,6 +58,36 @@ def test_module_entry_point():
     assert "--participant-label" in proc.stdout and "{participant,group}" not in proc.stderr
 
 
+_FAST_EXIT = """
+import atexit, sys, threading, time
+from bids_app.cli import run
+atexit.register(lambda: print("exit handler ran"))
+late = threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished")))
+late.start()
+sys.stdout.write("buffered output ")
+run(sys.argv[1:])
+"""
+
+
+def test_console_script_exit_keeps_what_an_exit_must_do(tree, tmp_path):
+    """``run`` (the console script) skips the interpreter's teardown but not the exit code,
+    other threads, exit handlers or buffered output."""
+    out = tmp_path / "out"
+    ok = [str(tree), str(out), "participant", "--participant-label", "01", "--no-reports"]
+    cases = (
+        (ok, 65, "participant level: 1 run(s)"),  # empty images: the run fails (65)
+        ([str(tree), str(out), "nonsense"], 17, "unknown analysis level"),
+    )
+    for args, code, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "-c", _FAST_EXIT, *args], capture_output=True, text=True
+        )
+        assert proc.returncode == code, proc.stderr
+        assert message in proc.stderr
+        assert "buffered output" in proc.stdout
+        assert "thread finished" in proc.stdout and "exit handler ran" in proc.stdout
+
+
 def test_usage_errors_exit_64(tree, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tree)])
