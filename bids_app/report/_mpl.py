@@ -248,7 +248,10 @@ def text_bitmaps(keys) -> None:
 def _matplotlib_version() -> str:
     from importlib import metadata
 
-    return metadata.version("matplotlib")
+    try:  # without importing matplotlib: a label read back may need nothing else from it
+        return metadata.version("matplotlib")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a vendored copy
+        return str(setup().__version__)
 
 
 def _text_path(key: tuple) -> Path:
