@@ -37,8 +37,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Bump when the content or meaning of the cached arrays changes.
-CACHE_FORMAT = 1
+# Bump when the content or meaning of the cached arrays changes (2: maps on a grid that
+# samples the atlas's voxel centres are sampled, not interpolated).
+CACHE_FORMAT = 2
 
 _KEY_ARRAY = "__key__"
 
