@@ -99,7 +99,6 @@ def warm_up(ctx: RunContext | None = None) -> None:
     from . import _mpl, glass
     from .networks import lut_network_column, region_networks
 
-    glass.use_cache(None if ctx is None else ctx.cache_dir)
     _mpl.use_cache(None if ctx is None else ctx.cache_dir)
     glass.warm_up()
     numbers = [str(i) for i in (*range(0, 500, 10), *range(500, 2001, 50))]

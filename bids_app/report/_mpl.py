@@ -212,15 +212,21 @@ def hex_rgba(color: str, alpha: float = 1.0) -> tuple[int, int, int, int]:
 
 _TEXT_CACHE: dict[tuple, object] = {}
 _TEXT_CACHE_MAX = 8192
-_TEXT_DISK: list[Path] = []  # the on-disk label folder, when one is in use (use_cache)
+_CACHE_DIR: list[Path] = []  # the on-disk cache folder, when one is in use (use_cache)
 _TEXT_FORMAT = 1
 
 
 def use_cache(folder: Path | str | None) -> None:
-    """Keep rendered labels in ``folder``/text too (the atlas cache, ``--atlas-cache``): the
-    jobs of a cohort draw the same region, network and confound names, which cost ~1.3 ms
-    each to draw and ~0.05 ms to read back."""
-    _TEXT_DISK[:] = [] if folder is None else [Path(folder) / "text"]
+    """Keep what the figures draw once for a whole cohort in ``folder`` too (the atlas
+    cache, ``--atlas-cache``): the glass brain (:mod:`.glass`) and the labels, in
+    ``folder``/text (region, network and confound names cost ~1.3 ms each to draw and
+    ~0.05 ms to read back)."""
+    _CACHE_DIR[:] = [] if folder is None else [Path(folder)]
+
+
+def cache_dir() -> Path | None:
+    """The folder set by :func:`use_cache`, or None."""
+    return _CACHE_DIR[0] if _CACHE_DIR else None
 
 
 def text_bitmaps(keys) -> None:
@@ -233,13 +239,13 @@ def text_bitmaps(keys) -> None:
     """
 
     todo = sorted({k for k in keys if k not in _TEXT_CACHE})
-    if todo and _TEXT_DISK:
+    if todo and _CACHE_DIR:
         todo = [k for k in todo if not _read_text(k)]
     if not todo:
         return
     with RENDER:
         _render_texts(todo)
-    if _TEXT_DISK:
+    if _CACHE_DIR:
         for key in todo:
             _write_text(key, _TEXT_CACHE[key])
 
@@ -256,7 +262,7 @@ def _matplotlib_version() -> str:
 
 def _text_path(key: tuple) -> Path:
     payload = json.dumps([_TEXT_FORMAT, _matplotlib_version(), DPI, *key])
-    return _TEXT_DISK[0] / (hashlib.sha256(payload.encode()).hexdigest()[:40] + ".npy")
+    return _CACHE_DIR[0] / "text" / (hashlib.sha256(payload.encode()).hexdigest()[:40] + ".npy")
 
 
 def _read_text(key: tuple) -> bool:
@@ -276,22 +282,18 @@ def _read_text(key: tuple) -> bool:
 
 
 def _write_text(key: tuple, bitmap) -> None:
-    """Atomically (a temporary file renamed over the name); a cache that cannot be written
-    only costs drawing the label again."""
+    """Atomically (:func:`bids_app.write.write_bytes`); a cache that cannot be written only
+    costs drawing the label again."""
     import numpy as np
 
-    path = _text_path(key)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+    from ..write import write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, bitmap, allow_pickle=False)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.save(fh, bitmap, allow_pickle=False)
-        os.replace(tmp, path)
+        write_bytes(_text_path(key), buf.getvalue())
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass
 
 
 def _render_texts(todo: list[tuple]) -> None:

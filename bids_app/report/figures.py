@@ -586,9 +586,6 @@ def run_figures(record: RunRecord, ctx: RunContext) -> list[Path]:
     only the cache folder's glass brain and labels (``ctx.cache_dir``); cost on the
     300-volume benchmark run: see docs/reports.md.
     """
-    from . import glass
-
-    glass.use_cache(ctx.cache_dir)
     _mpl.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)
@@ -648,9 +645,6 @@ def run_figures(record: RunRecord, ctx: RunContext) -> list[Path]:
 def unit_figures(record: UnitRecord, ctx: RunContext) -> list[Path]:
     """Matrix and connectome figures of a session / subject connectome
     (``connectivity.aggregate``); call it right after :func:`bids_app.write.write_unit`."""
-    from . import glass
-
-    glass.use_cache(ctx.cache_dir)
     _mpl.use_cache(ctx.cache_dir)
     label = naming.run_label(record.entities)
     figs = _Figures(Path(ctx.output_dir), record.entities, ctx.desc, label)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -39,13 +38,6 @@ class Background:
 
 _CACHE: dict[tuple[float, float, int], Background] = {}
 _LOCK = threading.Lock()
-_DISK: list[Path] = []  # the on-disk cache folder, when one is in use (see use_cache)
-
-
-def use_cache(folder: Path | str | None) -> None:
-    """Keep the rendered glass brain in ``folder`` too (the atlas cache, ``--atlas-cache``),
-    so that the jobs of a cohort do not each import nilearn and render it."""
-    _DISK[:] = [] if folder is None else [Path(folder)]
 
 
 def _disk_key(dpi: int) -> str:
@@ -63,7 +55,8 @@ def _disk_key(dpi: int) -> str:
 
 def background(dpi: int = _mpl.DPI) -> Background:
     """The empty glass brain (rendered by nilearn on first use, then cached in memory and,
-    with :func:`use_cache`, on disk)."""
+    with :func:`._mpl.use_cache`, on disk: the other jobs of a cohort neither import
+    nilearn nor render it)."""
     key = (WIDTH, HEIGHT, dpi)
     with _LOCK:
         if key not in _CACHE:
@@ -72,12 +65,12 @@ def background(dpi: int = _mpl.DPI) -> Background:
 
 
 def _cached_background(dpi: int) -> Background | None:
-    if not _DISK:
+    folder = _mpl.cache_dir()
+    if folder is None:
         return None
     from ..extract import cache
 
-    key = _disk_key(dpi)
-    arrays = cache.load_entry(_DISK[0], key, "glass")
+    arrays = cache.load_entry(folder, _disk_key(dpi), "glass")
     if arrays is None:
         return None
     try:
@@ -93,7 +86,8 @@ def _cached_background(dpi: int) -> Background | None:
 
 
 def _save_background(bg: Background) -> None:
-    if not _DISK:
+    folder = _mpl.cache_dir()
+    if folder is None:
         return
     from ..extract import cache
 
@@ -104,7 +98,7 @@ def _save_background(bg: Background) -> None:
         "xlim": np.array([v[2] for v in bg.views], dtype=np.float64),
         "ylim": np.array([v[3] for v in bg.views], dtype=np.float64),
     }
-    cache.save_entry(_DISK[0], _disk_key(bg.dpi), arrays, "glass")
+    cache.save_entry(folder, _disk_key(bg.dpi), arrays, "glass")
 
 
 def _render_background(dpi: int) -> Background:
@@ -243,4 +237,4 @@ def connectome_png(
     return cv.png()
 
 
-__all__ = ["background", "connectome_png", "strongest_edges", "use_cache", "warm_up"]
+__all__ = ["background", "connectome_png", "strongest_edges", "warm_up"]
